@@ -1,0 +1,200 @@
+"""Parameters: layered YAML files, validated on load.
+
+``params/base.yaml`` holds what every profile shares and one profile file (``smoke``, ``cpu``,
+``paper``) overrides it; the merge is shallow (a later file replaces a whole key), as papermill's
+``-f a.yaml -f b.yaml`` does, so keys stay flat. Every mistake becomes one :class:`ConfigError`
+line naming the file and the key.
+
+Run ``python -m asd_core.config params/base.yaml params/cpu.yaml`` to check a combination.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from asd_core.errors import ConfigError, cli_entry
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Runtime = Literal["transformers", "llamacpp", "vllm"]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class StageConfig(BaseModel):
+    """One model of the hierarchy, as written in a profile's ``stages`` list."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: Annotated[str, Field(min_length=1)]  # short label used in tables and figures
+    # where the weights come from: "package:<asset>" (embedded), "tiny:<spec>" (random, made on
+    # the fly), a local folder or .gguf file, or a Hugging Face hub id (needs network)
+    source: Annotated[str, Field(min_length=1)]
+    runtime: Runtime  # which Backend runs it (see asd_core.models.registry)
+    dtype: DType = "bfloat16"  # compute dtype for transformers/vLLM; GGUF runs its own quant
+    tensor_parallel_size: PositiveInt = 1  # GPUs this stage is sharded over (vLLM only)
+    context_length: Annotated[int, Field(ge=16)] = 4096  # max prompt + output tokens
+    threads: Annotated[int, Field(ge=0)] = 0  # CPU threads for llama.cpp/torch; 0 = all cores
+
+
+class Params(BaseModel):
+    """Every parameter a notebook or runner reads. One field per YAML key."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    profile: Annotated[str, Field(min_length=1)]  # name of the profile; output folders use it
+    seed: Annotated[int, Field(ge=0)]  # master seed for every random generator
+    stages: Annotated[list[StageConfig], Field(min_length=1)]  # cheapest first
+    lambdas: Annotated[list[PositiveFloat], Field(min_length=1)]  # quality-loss weights λ
+    num_gpus: Annotated[int, Field(ge=0)] = 0  # GPUs available to the run (all nodes)
+    models_dir: str = "models"  # assembled and converted weights (gitignored)
+    data_dir: str = "data"  # generated datasets (gitignored)
+    artifacts_dir: str = "artifacts"  # trained predictors, caches (gitignored)
+    reports_dir: str = "reports"  # tables, figures, executed notebooks
+    profile_input_lengths: Annotated[list[PositiveInt], Field(min_length=2)] = [32, 128]
+    profile_output_lengths: Annotated[list[PositiveInt], Field(min_length=2)] = [8, 32]
+    profile_repeats: PositiveInt = 2  # timed repeats per grid cell
+    profile_warmup: Annotated[int, Field(ge=0)] = 1  # untimed runs before timing a stage
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Params:
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"key 'stages': stage names must be unique, repeated: {dupes}")
+        for i, stage in enumerate(self.stages):
+            if stage.tensor_parallel_size > 1 and stage.runtime != "vllm":
+                raise ValueError(
+                    f"key 'stages[{i}].tensor_parallel_size': {stage.tensor_parallel_size} needs runtime vllm"
+                )
+            if stage.runtime == "vllm" and stage.tensor_parallel_size > max(self.num_gpus, 1):
+                raise ValueError(
+                    f"key 'stages[{i}].tensor_parallel_size': {stage.tensor_parallel_size} is larger than "
+                    f"num_gpus={self.num_gpus}"
+                )
+        return self
+
+    def digest(self) -> str:
+        """Short stable hash of the parameters, recorded in provenance sidecars."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _first_error(err: ValidationError, origin: Mapping[str, str]) -> str:
+    """Turn pydantic's multi-line report into one line: ``file: key: problem``."""
+    first = err.errors()[0]
+    loc = first.get("loc", ())
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    where = origin.get(str(loc[0]), "params") if loc else "params"
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not loc:  # a cross-field check: its message names the keys
+        return f"{origin.get('stages', 'params')}: {msg}"
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first.get("type") != "missing":
+        msg = f"{msg} (got {first['input']!r})"
+    if not key:
+        return f"{where}: {msg}"
+    return f"{where}: key '{key}': {msg}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read one parameter file; it must be a mapping of flat keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of keys to values")
+    return data
+
+
+def merge_files(paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Shallow-merge YAML files left to right; also return which file set each key."""
+    if not paths:
+        raise ConfigError("no parameter files given")
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for path in paths:
+        for key, value in read_yaml(path).items():
+            merged[key] = value
+            origin[str(key)] = str(path)
+    return merged, origin
+
+
+def validate(values: Mapping[str, Any], origin: Mapping[str, str] | None = None) -> Params:
+    """Validate a complete set of parameters; raise one-line :class:`ConfigError`."""
+    try:
+        return Params.model_validate(dict(values))
+    except ValidationError as err:
+        raise ConfigError(_first_error(err, origin or {})) from None
+
+
+def load(paths: Sequence[str | Path]) -> Params:
+    """Load and validate layered parameter files (``base.yaml`` first, then a profile)."""
+    merged, origin = merge_files(paths)
+    return validate(merged, origin)
+
+
+def validate_subset(**values: Any) -> dict[str, Any]:
+    """Validate just the keys a notebook uses (papermill injects them as variables).
+
+    Unknown keys, wrong types and impossible values raise :class:`ConfigError`; stages come
+    back as :class:`StageConfig`. Cross-field checks run when their keys are all present.
+    """
+    fields = Params.model_fields
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"notebook parameters: key '{key}': unknown key")
+        field = fields[key]
+        adapter: TypeAdapter[Any] = TypeAdapter(
+            Annotated[field.annotation, *field.metadata], config=ConfigDict(strict=True)
+        )
+        try:
+            out[key] = adapter.validate_python(value)
+        except ValidationError as err:
+            raise ConfigError(_first_error(_prefix(err, key), {})) from None
+    if {"stages", "num_gpus"} <= out.keys() or "stages" in out:
+        probe = {"profile": "x", "seed": 0, "lambdas": [1.0], **out}
+        validate(probe)
+    return out
+
+
+def _prefix(err: ValidationError, key: str) -> ValidationError:
+    """Re-root a field-level validation error at ``key`` so messages name it."""
+    errors = [{**e, "loc": (key, *e.get("loc", ()))} for e in err.errors()]
+    return ValidationError.from_exception_data(err.title, errors)  # type: ignore[arg-type]
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m asd_core.config", description="Check layered parameter files."
+    )
+    parser.add_argument("files", nargs="+", help="YAML files, base first")
+    parser.add_argument("--print", action="store_true", help="print the merged parameters")
+    args = parser.parse_args(argv)
+    params = load(args.files)
+    if args.print:
+        print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    else:
+        print(f"ok: profile '{params.profile}', {len(params.stages)} stages, digest {params.digest()}")
+
+
+if __name__ == "__main__":
+    main()
