@@ -162,9 +162,10 @@ def validate_subset(**values: Any) -> dict[str, Any]:
         if key not in fields:
             raise ConfigError(f"notebook parameters: key '{key}': unknown key")
         field = fields[key]
-        adapter: TypeAdapter[Any] = TypeAdapter(
-            Annotated[field.annotation, *field.metadata], config=ConfigDict(strict=True)
+        kind: Any = (
+            Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
         )
+        adapter: TypeAdapter[Any] = TypeAdapter(kind, config=ConfigDict(strict=True))
         try:
             out[key] = adapter.validate_python(value)
         except ValidationError as err:
@@ -193,7 +194,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.print:
         print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     else:
-        print(f"ok: profile '{params.profile}', {len(params.stages)} stages, digest {params.digest()}")
+        print(
+            f"ok: profile '{params.profile}', {len(params.stages)} stages, digest {params.digest()}"
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_stage() -> StageConfig:
     return StageConfig(
-        name="tiny", source="tiny:layers=2,hidden=64,seed=1", runtime="transformers", dtype="float32", context_length=1024
+        name="tiny",
+        source="tiny:layers=2,hidden=64,seed=1",
+        runtime="transformers",
+        dtype="float32",
+        context_length=1024,
     )
 
 

@@ -120,7 +120,15 @@ def test_real_file_flipped_byte_is_caught_before_any_load(models_dir: Path, tmp_
     with pytest.raises(AssetError, match="does not match the pinned"):
         registry.resolve(stage, tmp_path, "gguf")
     proc = subprocess.run(
-        [sys.executable, "-m", "asd_core.models.assets", "verify", asset.name, "--models-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "asd_core.models.assets",
+            "verify",
+            asset.name,
+            "--models-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
     )

@@ -57,7 +57,10 @@ BAD_CASES = {
         "stages:\n  - {name: a, source: x/y, runtime: vllm, gpus: 2}\n",
         "'stages[0].gpus': unknown key",
     ),
-    "unknown runtime": ("stages:\n  - {name: a, source: x/y, runtime: onnx}\n", "'stages[0].runtime'"),
+    "unknown runtime": (
+        "stages:\n  - {name: a, source: x/y, runtime: onnx}\n",
+        "'stages[0].runtime'",
+    ),
     "duplicate stage names": (
         "stages:\n  - {name: a, source: x, runtime: transformers}\n"
         "  - {name: a, source: y, runtime: transformers}\n",
@@ -91,7 +94,14 @@ def test_cli_exit_code_and_single_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("lambdas: [0]\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "asd_core.config", str(BASE), str(REPO / "params/cpu.yaml"), str(bad)],
+        [
+            sys.executable,
+            "-m",
+            "asd_core.config",
+            str(BASE),
+            str(REPO / "params/cpu.yaml"),
+            str(bad),
+        ],
         capture_output=True,
         text=True,
     )

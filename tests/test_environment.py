@@ -22,7 +22,9 @@ def test_torch_requirement_is_pinned_exactly() -> None:
     assert torch_reqs == ["torch==2.13.0"], torch_reqs
 
 
-@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="GPU machine: CUDA torch is wanted")
+@pytest.mark.skipif(
+    shutil.which("nvidia-smi") is not None, reason="GPU machine: CUDA torch is wanted"
+)
 def test_installed_torch_is_the_cpu_build() -> None:
     import torch
 

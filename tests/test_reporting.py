@@ -1,0 +1,123 @@
+"""Reporting: provenance records, atomic writes, sidecars next to every table and figure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from asd_core import config, reporting
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = [REPO / "params" / "base.yaml", REPO / "params" / "smoke.yaml"]
+
+
+def _head() -> str | None:
+    if not shutil.which("git"):
+        return None
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    return out.stdout.strip() or None
+
+
+def test_repo_path_anchors_relative_paths_at_the_repo_root(tmp_path: Path) -> None:
+    assert reporting.REPO_ROOT == REPO
+    assert (reporting.REPO_ROOT / "pyproject.toml").is_file()
+    assert reporting.repo_path("reports/tables") == REPO / "reports" / "tables"
+    assert reporting.repo_path(tmp_path) == tmp_path
+
+
+def test_provenance_records_commit_digest_seed_versions_hardware() -> None:
+    params = config.load(PARAMS)
+    prov = reporting.provenance(params, 7, notebook="01_profiling")
+    head = _head()
+    if head:
+        assert prov["git_commit"] == head
+        assert isinstance(prov["git_dirty"], bool)
+    assert prov["params_digest"] == params.digest()
+    assert prov["profile"] == "smoke"
+    assert prov["seed"] == 7
+    assert prov["notebook"] == "01_profiling"
+    assert {"python", "numpy", "pandas", "torch"} <= prov["packages"].keys()
+    hw = prov["hardware"]
+    assert hw["cores"] >= 1 and hw["cores_usable"] >= 1 and isinstance(hw["gpus"], list)
+    assert hw["cpu"]
+    assert datetime.fromisoformat(prov["created_utc"]).utcoffset() is not None
+    json.dumps(prov)  # serialisable as is
+
+
+def test_params_digest_of_a_dict_matches_and_is_sensitive() -> None:
+    params = config.load(PARAMS)
+    as_dict = {**params.model_dump(), "stages": params.stages}  # StageConfig objects inside
+    assert reporting.params_digest(as_dict) == params.digest()
+    assert reporting.params_digest({**as_dict, "seed": 1}) != params.digest()
+    subset = config.validate_subset(seed=0, stages=[s.model_dump() for s in params.stages])
+    assert reporting.params_digest(subset) == reporting.params_digest(dict(subset))
+
+
+def test_provenance_tolerates_no_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(reporting, "REPO_ROOT", tmp_path)  # not a repository
+    prov = reporting.provenance({"seed": 0}, 0)
+    assert prov["git_commit"] is None and prov["git_dirty"] is None
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable at all
+    assert reporting.provenance({"seed": 0}, 0)["git_commit"] is None
+
+
+def test_write_table_is_atomic_and_has_a_sidecar(tmp_path: Path) -> None:
+    df = pd.DataFrame({"stage": ["a", "b"], "a_s": [0.5, 1.25]})
+    prov = reporting.provenance({"seed": 3, "profile": "smoke"}, 3)
+    path = reporting.write_table(df, tmp_path / "tables" / "cost.csv", prov)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["cost.csv", "cost.csv.provenance.json"]
+    pd.testing.assert_frame_equal(pd.read_csv(path), df)
+    side = json.loads(reporting.sidecar_path(path).read_text())
+    assert side["seed"] == 3
+    assert side["params_digest"] == prov["params_digest"]
+    assert side["git_commit"] == prov["git_commit"]
+    assert side["artifact"] == "cost.csv"
+    assert side["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "x.txt"
+    reporting.atomic_write_text(target, "old\n")
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        reporting.atomic_write_text(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_atomic_write_text_creates_folders_and_overwrites(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c.txt"
+    reporting.atomic_write_text(target, "één\n")
+    reporting.atomic_write_text(target, "two\n")
+    assert target.read_text(encoding="utf-8") == "two\n"
+    assert [p.name for p in target.parent.iterdir()] == ["c.txt"]
+
+
+def test_save_figure_writes_png_and_sidecar(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    try:
+        path = reporting.save_figure(fig, tmp_path / "fig.png", reporting.provenance({}, 11))
+    finally:
+        plt.close(fig)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "fig.png.provenance.json"]
+    assert json.loads((tmp_path / "fig.png.provenance.json").read_text())["seed"] == 11
