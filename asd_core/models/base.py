@@ -1,0 +1,111 @@
+"""The one interface every runtime implements, and the typed results it hands over.
+
+A backend holds one stage's model. ``generate`` writes greedy continuations and reports, per
+generated token, what the features of DESIGN §4 need; ``score`` runs the model teacher-forced
+over a given continuation and reports, per position, the model's own greedy token — which is
+all that verification (DESIGN §3) needs. Generation and scoring of one stage use the same
+runtime and weights, so a draft equal to the stage's own output is accepted whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from asd_core.config import StageConfig
+
+StopReason = Literal["eos", "stop", "length"]
+TokenIds = Sequence[int]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """How to generate; always greedy (temperature 0)."""
+
+    max_new_tokens: int  # hard cap on generated tokens
+    stop_strings: tuple[str, ...] = ()  # stop once the decoded output contains one of these
+    top_k: int = 5  # alternatives reported per generated token (top-k ids and logprobs)
+    ignore_eos: bool = False  # keep going past EOS (profiling needs exact output lengths)
+    return_hidden: bool = False  # also return the mean-pooled final-layer hidden state
+
+
+@dataclass
+class Generation:
+    """One prompt's greedy output with per-token statistics.
+
+    ``n`` below is the number of generated tokens; the EOS token, when produced, is included
+    in ``token_ids`` (it is part of the model's greedy output and is verified like any other).
+    """
+
+    prompt_ids: list[int]  # tokens fed to the model
+    token_ids: list[int]  # generated tokens, length n
+    text: str  # decoded generated text, special tokens removed
+    logprobs: np.ndarray  # (n,) float32, log p(chosen token), nats
+    top_ids: np.ndarray  # (n, k) int64, the k most probable tokens at each step
+    top_logprobs: np.ndarray  # (n, k) float32, their log-probabilities, nats
+    entropy: np.ndarray  # (n,) float32, entropy of the next-token distribution, nats
+    stop_reason: StopReason  # why generation ended
+    prefill_s: float  # wall-clock seconds until the first token's logits were ready
+    total_s: float  # wall-clock seconds for the whole prompt, including prefill
+    hidden_mean: np.ndarray | None = None  # (d_model,) float32 when requested
+
+    @property
+    def n_out(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class Scoring:
+    """A teacher-forced pass of the model over prompt + continuation (``m`` tokens)."""
+
+    argmax_ids: np.ndarray  # (m,) int64, the model's greedy token at each continuation position
+    logprobs: np.ndarray  # (m,) float32, log p(given continuation token), nats
+    next_argmax: int  # the model's greedy token after the whole continuation (what it writes next)
+    seconds: float  # wall-clock seconds of this sequence's share of the pass
+
+
+@dataclass
+class StageInfo:
+    """What a loaded backend reports about itself (for provenance and the README)."""
+
+    name: str
+    runtime: str
+    weights: str  # resolved file or folder or hub id
+    dtype: str
+    load_s: float  # seconds to construct the backend
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """The subset of a Hugging Face tokenizer the core uses."""
+
+    eos_token_id: int | None
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One stage's model on one runtime."""
+
+    stage: StageConfig
+    tokenizer: Tokenizer
+    info: StageInfo
+
+    def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
+        """Greedy continuations of tokenised prompts, one :class:`Generation` each."""
+        ...
+
+    def score(self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]) -> list[Scoring]:
+        """Teacher-forced argmax and log-probs of each continuation after its prompt."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (and engine processes, if any)."""
+        ...

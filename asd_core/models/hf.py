@@ -1,0 +1,184 @@
+"""The reference backend: Hugging Face transformers, any device.
+
+Generation uses ``model.generate`` (greedy, left-padded batches) with raw logits kept, so the
+per-token statistics describe the model's own distribution even when EOS is suppressed for
+profiling. Scoring runs one teacher-forced forward pass per sequence and keeps only the logits
+it needs (``logits_to_keep``), so a 150k-token vocabulary never materialises for the prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+from asd_core.config import StageConfig
+from asd_core.errors import AsdError
+from asd_core.models.base import Generation, GenerationParams, Scoring, StageInfo, StopReason, TokenIds
+from asd_core.models.common import check_prompts, cpu_threads, eos_ids, hit_stop_string, token_stats
+from asd_core.models.registry import register, resolve
+
+Clock = Callable[[], float]
+
+
+class _StepClock(LogitsProcessor):
+    """Records the time each decoding step's logits arrive (the first one ends prefill)."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.stamps.append(self.clock())
+        return scores
+
+
+def _torch_dtype(name: str, device: str) -> torch.dtype | str:
+    if name == "auto":
+        return "auto"
+    return getattr(torch, name)
+
+
+@register("transformers")
+class TransformersBackend:
+    """A stage on transformers. ``model``/``tokenizer`` may be injected (tests, notebooks)."""
+
+    def __init__(
+        self,
+        stage: StageConfig,
+        models_dir: Path | str = "models",
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        device: str | None = None,
+        clock: Clock = time.perf_counter,
+    ):
+        self.stage = stage
+        self.clock = clock
+        start = clock()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cpu":
+            torch.set_num_threads(cpu_threads(stage.threads))
+        weights = "<injected>"
+        if model is None or tokenizer is None:
+            src = resolve(stage, models_dir, "hf")
+            weights = src.weights
+            try:
+                tokenizer = tokenizer or AutoTokenizer.from_pretrained(src.tokenizer)
+                model = model or AutoModelForCausalLM.from_pretrained(src.weights, dtype=_torch_dtype(stage.dtype, self.device))
+            except OSError as exc:
+                raise AsdError(f"stage '{stage.name}': cannot load {src.weights} ({str(exc).splitlines()[0]})") from None
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        gen_cfg = getattr(self.model, "generation_config", None)
+        self.eos = eos_ids(tokenizer.eos_token_id, getattr(gen_cfg, "eos_token_id", None))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos)
+        self.info = StageInfo(stage.name, "transformers", weights, str(self.model.dtype), clock() - start, {"device": self.device})
+
+    # -- generation ---------------------------------------------------------------------------
+    def _trim(self, row: list[int], params: GenerationParams) -> tuple[list[int], StopReason]:
+        """Cut a generated row where generation really stopped (EOS included, padding dropped)."""
+        for i, tok in enumerate(row):
+            if tok in self.eos and not params.ignore_eos:
+                return row[: i + 1], "eos"
+            if params.stop_strings and hit_stop_string(self.tokenizer.decode(row[: i + 1], skip_special_tokens=True), params.stop_strings):
+                return row[: i + 1], "stop"
+        return row[: params.max_new_tokens], "length"
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
+        """Greedy outputs for a batch; timing fields are those of the whole batch."""
+        check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
+        if not prompts:
+            return []
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):  # left padding keeps every row's last token aligned
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        step_clock = _StepClock(self.clock)
+        kwargs: dict[str, Any] = {}
+        if params.stop_strings:
+            kwargs |= {"stop_strings": list(params.stop_strings), "tokenizer": self.tokenizer}
+        if params.ignore_eos:
+            kwargs["min_new_tokens"] = params.max_new_tokens
+        start = self.clock()
+        out = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=sorted(self.eos),
+            pad_token_id=self.pad_id,
+            logits_processor=LogitsProcessorList([step_clock]),
+            output_logits=True,
+            output_hidden_states=params.return_hidden,
+            return_dict_in_generate=True,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            **kwargs,
+        )
+        total = self.clock() - start
+        prefill = (step_clock.stamps[0] - start) if step_clock.stamps else total
+        new_tokens = out.sequences[:, width:].cpu().tolist()
+        logits = torch.stack(out.logits, dim=1).float().cpu().numpy() if out.logits else None  # (B, T, V)
+        results = []
+        for b, p in enumerate(prompts):
+            tokens, reason = self._trim(new_tokens[b], params)
+            n = len(tokens)
+            rows = logits[b, :n] if logits is not None else np.zeros((0, 1), np.float32)
+            lp, top_ids, top_lp, ent = token_stats(rows, np.asarray(tokens, dtype=np.int64), params.top_k)
+            hidden = None
+            if params.return_hidden and n:
+                steps = [out.hidden_states[t][-1][b, -1, :].float() for t in range(n)]
+                hidden = torch.stack(steps).mean(dim=0).cpu().numpy()
+            results.append(
+                Generation(
+                    prompt_ids=list(p),
+                    token_ids=tokens,
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    logprobs=lp,
+                    top_ids=top_ids,
+                    top_logprobs=top_lp,
+                    entropy=ent,
+                    stop_reason=reason,
+                    prefill_s=prefill,
+                    total_s=total,
+                    hidden_mean=hidden,
+                )
+            )
+        return results
+
+    # -- scoring ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]) -> list[Scoring]:
+        """Teacher-forced argmax over each continuation, one forward pass per sequence."""
+        if len(prompts) != len(continuations):
+            raise AsdError(f"stage '{self.stage.name}': {len(prompts)} prompts but {len(continuations)} continuations")
+        check_prompts(prompts, self.stage.context_length, 0, self.stage.name)
+        results = []
+        for p, c in zip(prompts, continuations, strict=True):
+            m = len(c)
+            if len(p) + m > self.stage.context_length:
+                raise AsdError(f"stage '{self.stage.name}': prompt + continuation is {len(p) + m} tokens, more than the context length {self.stage.context_length}")
+            start = self.clock()
+            seq = torch.tensor([list(p) + list(c)], dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=seq, logits_to_keep=m + 1).logits[0].float()  # (m+1, V)
+            seconds = self.clock() - start
+            logp = torch.log_softmax(logits, dim=-1)
+            argmax = logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
+            cont = torch.tensor(list(c), dtype=torch.long, device=self.device)
+            given = logp[torch.arange(m, device=self.device), cont].cpu().numpy().astype(np.float32) if m else np.zeros(0, np.float32)
+            results.append(Scoring(argmax_ids=argmax[:m], logprobs=given, next_argmax=int(argmax[m]), seconds=seconds))
+        return results
+
+    def close(self) -> None:
+        self.model = None
