@@ -95,7 +95,7 @@ def _direct_generate(backend: Any, prompt: list[int], n: int) -> Callable[[], No
         sp = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
 
         def run_vllm() -> None:
-            backend.engine.generate([TokensPrompt(prompt_token_ids=prompt)], sp, use_tqdm=False)
+            backend.llm.generate([TokensPrompt(prompt_token_ids=prompt)], sp, use_tqdm=False)
 
         return run_vllm
     raise AsdError(f"no direct baseline for runtime {runtime}")

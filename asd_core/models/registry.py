@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 from pathlib import Path
+from typing import Any, TypeVar
 
 from asd_core.config import StageConfig
 from asd_core.errors import AsdError, ConfigError
@@ -48,12 +48,16 @@ def register(runtime: str) -> Callable[[F], F]:
 def load_backend(stage: StageConfig, models_dir: str | Path = "models") -> Backend:
     """Construct the backend for ``stage`` (weights are fetched and verified first)."""
     if stage.runtime not in _MODULES:
-        raise ConfigError(f"stage '{stage.name}': unknown runtime '{stage.runtime}'; known: {', '.join(_MODULES)}")
+        raise ConfigError(
+            f"stage '{stage.name}': unknown runtime '{stage.runtime}'; known: {', '.join(_MODULES)}"
+        )
     if stage.runtime not in _FACTORIES:
         try:
             importlib.import_module(_MODULES[stage.runtime])
         except ImportError as exc:
-            raise AsdError(f"stage '{stage.name}': runtime '{stage.runtime}' is not installed ({exc}); see README, 'Runtimes'") from None
+            raise AsdError(
+                f"stage '{stage.name}': runtime '{stage.runtime}' is not installed ({exc}); see README, 'Runtimes'"
+            ) from None
     backend: Backend = _FACTORIES[stage.runtime](stage, Path(models_dir))
     return backend
 
@@ -80,10 +84,14 @@ def resolve(stage: StageConfig, models_dir: str | Path, want: str) -> ResolvedSo
         if want == "gguf":
             return ResolvedSource(str(assets.fetch(asset, models_dir)), tok, True, asset)
         assets.fetch(asset, models_dir)
-        return ResolvedSource(str(assets.hf_checkpoint(asset, models_dir, "bfloat16")), tok, False, asset)
+        return ResolvedSource(
+            str(assets.hf_checkpoint(asset, models_dir, "bfloat16")), tok, False, asset
+        )
     if src.startswith("tiny:"):
         if want == "gguf":
-            raise ConfigError(f"stage '{stage.name}': tiny models run on transformers or vllm, not {stage.runtime}")
+            raise ConfigError(
+                f"stage '{stage.name}': tiny models run on transformers or vllm, not {stage.runtime}"
+            )
         from asd_core.models import tiny
 
         folder = str(tiny.materialize(src, models_dir))
@@ -91,7 +99,9 @@ def resolve(stage: StageConfig, models_dir: str | Path, want: str) -> ResolvedSo
     path = Path(src).expanduser()
     if src.endswith(".gguf"):
         if want != "gguf":
-            raise ConfigError(f"stage '{stage.name}': a .gguf source needs runtime llamacpp, or convert it first")
+            raise ConfigError(
+                f"stage '{stage.name}': a .gguf source needs runtime llamacpp, or convert it first"
+            )
         if ":" in src and not path.exists():  # "repo:file.gguf" on the hub
             return ResolvedSource(src, src.split(":", 1)[0], True)
         if not path.is_file():
@@ -102,8 +112,12 @@ def resolve(stage: StageConfig, models_dir: str | Path, want: str) -> ResolvedSo
         if not (path / "config.json").is_file():
             raise AsdError(f"stage '{stage.name}': {path} is not a model folder (no config.json)")
         if want == "gguf":
-            raise ConfigError(f"stage '{stage.name}': runtime llamacpp needs a .gguf source, got folder {path}")
+            raise ConfigError(
+                f"stage '{stage.name}': runtime llamacpp needs a .gguf source, got folder {path}"
+            )
         return ResolvedSource(str(path), str(path), False)
     if want == "gguf":
-        raise ConfigError(f"stage '{stage.name}': runtime llamacpp needs 'package:<asset>', a .gguf path or 'repo:file.gguf'")
+        raise ConfigError(
+            f"stage '{stage.name}': runtime llamacpp needs 'package:<asset>', a .gguf path or 'repo:file.gguf'"
+        )
     return ResolvedSource(src, src, False)  # hub id, loaded by the runtime when online
