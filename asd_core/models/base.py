@@ -102,7 +102,9 @@ class Backend(Protocol):
         """Greedy continuations of tokenised prompts, one :class:`Generation` each."""
         ...
 
-    def score(self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]) -> list[Scoring]:
+    def score(
+        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]
+    ) -> list[Scoring]:
         """Teacher-forced argmax and log-probs of each continuation after its prompt."""
         ...
 

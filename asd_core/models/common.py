@@ -26,7 +26,12 @@ def token_stats(logits: np.ndarray, chosen: np.ndarray, top_k: int) -> tuple[np.
     n = x.shape[0]
     k = max(0, min(top_k, x.shape[1]))
     if n == 0:
-        return (np.zeros(0, np.float32), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), np.zeros(0, np.float32))
+        return (
+            np.zeros(0, np.float32),
+            np.zeros((0, k), np.int64),
+            np.zeros((0, k), np.float32),
+            np.zeros(0, np.float32),
+        )
     shifted = x - x.max(axis=1, keepdims=True)
     log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     logp = shifted - log_z
@@ -39,7 +44,12 @@ def token_stats(logits: np.ndarray, chosen: np.ndarray, top_k: int) -> tuple[np.
     else:
         top_ids, top_lp = np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
     entropy = -(np.exp(logp) * logp).sum(axis=1)
-    return chosen_lp.astype(np.float32), top_ids, top_lp.astype(np.float32), entropy.astype(np.float32)
+    return (
+        chosen_lp.astype(np.float32),
+        top_ids,
+        top_lp.astype(np.float32),
+        entropy.astype(np.float32),
+    )
 
 
 def eos_ids(*candidates: int | Iterable[int] | None) -> frozenset[int]:
@@ -60,7 +70,9 @@ def hit_stop_string(text: str, stop_strings: Sequence[str]) -> bool:
     return any(s and s in text for s in stop_strings)
 
 
-def check_prompts(prompts: Sequence[Sequence[int]], context_length: int, max_new_tokens: int, stage: str) -> None:
+def check_prompts(
+    prompts: Sequence[Sequence[int]], context_length: int, max_new_tokens: int, stage: str
+) -> None:
     """Reject inputs a runtime would choke on deep inside, with one clear line."""
     for i, ids in enumerate(prompts):
         if len(ids) == 0:

@@ -19,7 +19,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, L
 
 from asd_core.config import StageConfig
 from asd_core.errors import AsdError
-from asd_core.models.base import Generation, GenerationParams, Scoring, StageInfo, StopReason, TokenIds
+from asd_core.models.base import (
+    Generation,
+    GenerationParams,
+    Scoring,
+    StageInfo,
+    StopReason,
+    TokenIds,
+)
 from asd_core.models.common import check_prompts, cpu_threads, eos_ids, hit_stop_string, token_stats
 from asd_core.models.registry import register, resolve
 
@@ -70,15 +77,28 @@ class TransformersBackend:
             weights = src.weights
             try:
                 tokenizer = tokenizer or AutoTokenizer.from_pretrained(src.tokenizer)
-                model = model or AutoModelForCausalLM.from_pretrained(src.weights, dtype=_torch_dtype(stage.dtype, self.device))
+                model = model or AutoModelForCausalLM.from_pretrained(
+                    src.weights, dtype=_torch_dtype(stage.dtype, self.device)
+                )
             except OSError as exc:
-                raise AsdError(f"stage '{stage.name}': cannot load {src.weights} ({str(exc).splitlines()[0]})") from None
+                raise AsdError(
+                    f"stage '{stage.name}': cannot load {src.weights} ({str(exc).splitlines()[0]})"
+                ) from None
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         gen_cfg = getattr(self.model, "generation_config", None)
         self.eos = eos_ids(tokenizer.eos_token_id, getattr(gen_cfg, "eos_token_id", None))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos)
-        self.info = StageInfo(stage.name, "transformers", weights, str(self.model.dtype), clock() - start, {"device": self.device})
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos)
+        )
+        self.info = StageInfo(
+            stage.name,
+            "transformers",
+            weights,
+            str(self.model.dtype),
+            clock() - start,
+            {"device": self.device},
+        )
 
     # -- generation ---------------------------------------------------------------------------
     def _trim(self, row: list[int], params: GenerationParams) -> tuple[list[int], StopReason]:
@@ -86,7 +106,9 @@ class TransformersBackend:
         for i, tok in enumerate(row):
             if tok in self.eos and not params.ignore_eos:
                 return row[: i + 1], "eos"
-            if params.stop_strings and hit_stop_string(self.tokenizer.decode(row[: i + 1], skip_special_tokens=True), params.stop_strings):
+            if params.stop_strings and hit_stop_string(
+                self.tokenizer.decode(row[: i + 1], skip_special_tokens=True), params.stop_strings
+            ):
                 return row[: i + 1], "stop"
         return row[: params.max_new_tokens], "length"
 
@@ -129,13 +151,17 @@ class TransformersBackend:
         total = self.clock() - start
         prefill = (step_clock.stamps[0] - start) if step_clock.stamps else total
         new_tokens = out.sequences[:, width:].cpu().tolist()
-        logits = torch.stack(out.logits, dim=1).float().cpu().numpy() if out.logits else None  # (B, T, V)
+        logits = (
+            torch.stack(out.logits, dim=1).float().cpu().numpy() if out.logits else None
+        )  # (B, T, V)
         results = []
         for b, p in enumerate(prompts):
             tokens, reason = self._trim(new_tokens[b], params)
             n = len(tokens)
             rows = logits[b, :n] if logits is not None else np.zeros((0, 1), np.float32)
-            lp, top_ids, top_lp, ent = token_stats(rows, np.asarray(tokens, dtype=np.int64), params.top_k)
+            lp, top_ids, top_lp, ent = token_stats(
+                rows, np.asarray(tokens, dtype=np.int64), params.top_k
+            )
             hidden = None
             if params.return_hidden and n:
                 steps = [out.hidden_states[t][-1][b, -1, :].float() for t in range(n)]
@@ -159,16 +185,22 @@ class TransformersBackend:
 
     # -- scoring ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]) -> list[Scoring]:
+    def score(
+        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]
+    ) -> list[Scoring]:
         """Teacher-forced argmax over each continuation, one forward pass per sequence."""
         if len(prompts) != len(continuations):
-            raise AsdError(f"stage '{self.stage.name}': {len(prompts)} prompts but {len(continuations)} continuations")
+            raise AsdError(
+                f"stage '{self.stage.name}': {len(prompts)} prompts but {len(continuations)} continuations"
+            )
         check_prompts(prompts, self.stage.context_length, 0, self.stage.name)
         results = []
         for p, c in zip(prompts, continuations, strict=True):
             m = len(c)
             if len(p) + m > self.stage.context_length:
-                raise AsdError(f"stage '{self.stage.name}': prompt + continuation is {len(p) + m} tokens, more than the context length {self.stage.context_length}")
+                raise AsdError(
+                    f"stage '{self.stage.name}': prompt + continuation is {len(p) + m} tokens, more than the context length {self.stage.context_length}"
+                )
             start = self.clock()
             seq = torch.tensor([list(p) + list(c)], dtype=torch.long, device=self.device)
             logits = self.model(input_ids=seq, logits_to_keep=m + 1).logits[0].float()  # (m+1, V)
@@ -176,8 +208,19 @@ class TransformersBackend:
             logp = torch.log_softmax(logits, dim=-1)
             argmax = logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
             cont = torch.tensor(list(c), dtype=torch.long, device=self.device)
-            given = logp[torch.arange(m, device=self.device), cont].cpu().numpy().astype(np.float32) if m else np.zeros(0, np.float32)
-            results.append(Scoring(argmax_ids=argmax[:m], logprobs=given, next_argmax=int(argmax[m]), seconds=seconds))
+            given = (
+                logp[torch.arange(m, device=self.device), cont].cpu().numpy().astype(np.float32)
+                if m
+                else np.zeros(0, np.float32)
+            )
+            results.append(
+                Scoring(
+                    argmax_ids=argmax[:m],
+                    logprobs=given,
+                    next_argmax=int(argmax[m]),
+                    seconds=seconds,
+                )
+            )
         return results
 
     def close(self) -> None:

@@ -50,8 +50,12 @@ class TinySpec:
         for item in filter(None, body.split(",")):
             key, sep, value = item.partition("=")
             if not sep or key not in cls.__dataclass_fields__:
-                raise ConfigError(f"source '{source}': bad tiny-model field '{item}' (fields: layers, hidden, heads, seed, tokenizer, init_std)")
-            kwargs[key] = value if key == "tokenizer" else (float(value) if key == "init_std" else int(value))
+                raise ConfigError(
+                    f"source '{source}': bad tiny-model field '{item}' (fields: layers, hidden, heads, seed, tokenizer, init_std)"
+                )
+            kwargs[key] = (
+                value if key == "tokenizer" else (float(value) if key == "init_std" else int(value))
+            )
         spec = cls(**kwargs)  # type: ignore[arg-type]
         if spec.tokenizer not in ("bytes", "bpe"):
             raise ConfigError(f"source '{source}': tokenizer must be 'bytes' or 'bpe'")
@@ -74,9 +78,16 @@ def make_tokenizer(kind: str = "bytes"):  # -> PreTrainedTokenizerFast
     core.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab_size = len(alphabet) + len(SPECIALS) + (256 if kind == "bpe" else 0)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
     core.train_from_iterator(_CORPUS, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
