@@ -88,3 +88,15 @@ def test_unknown_runtime_module_is_clear() -> None:
     stage = StageConfig.model_construct(name="s", source="x", runtime="onnx")
     with pytest.raises(ConfigError, match="unknown runtime 'onnx'"):
         registry.load_backend(stage)
+
+
+@pytest.mark.parametrize("scale", [0.05, 3.0, 40.0, 2000.0])
+def test_top_k_matches_a_full_sort_for_flat_and_peaked_rows(scale: float) -> None:
+    rng = np.random.default_rng(int(scale * 10))
+    logits = (rng.standard_normal((3, 50_000)) * scale).astype(np.float32)
+    _, top_ids, top_lp, _ = token_stats(logits, logits.argmax(1), top_k=7)
+    expected = np.argsort(-logits, axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(
+        np.take_along_axis(logits, top_ids, 1), np.take_along_axis(logits, expected, 1)
+    )
+    assert (np.diff(top_lp, axis=1) <= 0).all()

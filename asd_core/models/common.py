@@ -32,24 +32,40 @@ def token_stats(logits: np.ndarray, chosen: np.ndarray, top_k: int) -> tuple[np.
             np.zeros((0, k), np.float32),
             np.zeros(0, np.float32),
         )
+    # One exp over the vocabulary per row: this runs once per generated token on 150k-wide
+    # rows, so it is most of a backend's per-token overhead.
     shifted = x - x.max(axis=1, keepdims=True)
-    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    logp = shifted - log_z
-    chosen_lp = logp[np.arange(n), np.asarray(chosen, dtype=np.int64)]
-    if k:
-        part = np.argpartition(-logp, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(logp, part, axis=1), axis=1, kind="stable")
-        top_ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
-        top_lp = np.take_along_axis(logp, top_ids, axis=1)
-    else:
-        top_ids, top_lp = np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
-    entropy = -(np.exp(logp) * logp).sum(axis=1)
+    e = np.exp(shifted)
+    z = e.sum(axis=1)
+    log_z = np.log(z)
+    rows = np.arange(n)
+    chosen_lp = shifted[rows, np.asarray(chosen, dtype=np.int64)] - log_z
+    entropy = log_z - np.einsum("ij,ij->i", e, shifted) / z  # H = log Z − E_p[shifted]
+    top_ids = np.stack([_top_k(row, k) for row in shifted]) if k else np.zeros((n, 0), np.int64)
+    top_lp = np.take_along_axis(shifted, top_ids, axis=1) - log_z[:, None]
     return (
         chosen_lp.astype(np.float32),
         top_ids,
         top_lp.astype(np.float32),
-        entropy.astype(np.float32),
+        np.maximum(entropy, 0.0).astype(np.float32),
     )
+
+
+def _top_k(shifted_row: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the ``k`` largest entries of one (V,) row whose maximum is 0, largest first.
+
+    Only entries within a few nats of the maximum can be in the top k of a peaked
+    distribution, and selecting them first is ~5x faster than a partition of all V entries.
+    """
+    cand = np.flatnonzero(shifted_row >= -8.0)
+    if cand.size < k:  # a confident row: widen the window, then partition everything
+        cand = np.flatnonzero(shifted_row >= -32.0)
+        if cand.size < k:
+            cand = np.argpartition(shifted_row, shifted_row.size - k)[-k:]
+    elif cand.size > 64 * k:  # a flat row: partition just the candidates
+        cand = cand[np.argpartition(shifted_row[cand], cand.size - k)[-k:]]
+    order = np.argsort(-shifted_row[cand], kind="stable")[:k]
+    return cand[order].astype(np.int64)
 
 
 def eos_ids(*candidates: int | Iterable[int] | None) -> frozenset[int]:
