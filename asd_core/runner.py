@@ -34,11 +34,13 @@ def export_html(notebook: Path, html: Path) -> Path:
     return html
 
 
-def run_notebook(name: str, param_files: Sequence[Path], out_dir: Path) -> Path:
-    """Execute ``notebooks/<name>.ipynb`` with the merged parameters; return the executed copy."""
+def run_notebook(
+    name: str, param_files: Sequence[Path], out_dir: Path, notebooks_dir: Path = REPO / "notebooks"
+) -> Path:
+    """Execute ``<notebooks_dir>/<name>.ipynb`` with the merged parameters; return the executed copy."""
     import papermill as pm
 
-    source = REPO / "notebooks" / f"{name}.ipynb"
+    source = notebooks_dir / f"{name}.ipynb"
     if not source.is_file():
         raise AsdError(f"{source}: notebook not found")
     merged, origin = config.merge_files(param_files)

@@ -58,11 +58,11 @@ def _top_k(shifted_row: np.ndarray, k: int) -> np.ndarray:
     distribution, and selecting them first is ~5x faster than a partition of all V entries.
     """
     cand = np.flatnonzero(shifted_row >= -8.0)
-    if cand.size < k:  # a confident row: widen the window, then partition everything
+    if cand.size < k:  # a confident row: widen the window
         cand = np.flatnonzero(shifted_row >= -32.0)
-        if cand.size < k:
-            cand = np.argpartition(shifted_row, shifted_row.size - k)[-k:]
-    elif cand.size > 64 * k:  # a flat row: partition just the candidates
+    if cand.size < k:  # still too few: partition the whole row
+        cand = np.argpartition(shifted_row, shifted_row.size - k)[-k:]
+    if cand.size > 64 * k:  # many near the top: partition just those
         cand = cand[np.argpartition(shifted_row[cand], cand.size - k)[-k:]]
     order = np.argsort(-shifted_row[cand], kind="stable")[:k]
     return cand[order].astype(np.int64)
