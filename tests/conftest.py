@@ -22,7 +22,7 @@ def models_dir() -> Path:
 def tiny_stage() -> StageConfig:
     return StageConfig(
         name="tiny",
-        source="tiny:layers=2,hidden=64,seed=1",
+        source="tiny:layers:2,hidden:64,seed:1",
         runtime="transformers",
         dtype="float32",
         context_length=1024,

@@ -58,9 +58,9 @@ def test_check_prompts_rejects_empty_and_overlong() -> None:
 
 
 def test_tiny_spec_parsing() -> None:
-    spec = TinySpec.parse("tiny:layers=3,hidden=64,seed=7,tokenizer=bpe")
+    spec = TinySpec.parse("tiny:layers:3,hidden:64,seed:7,tokenizer:bpe")
     assert (spec.layers, spec.hidden, spec.seed, spec.tokenizer) == (3, 64, 7, "bpe")
-    for bad in ("tiny:layers", "tiny:depth=2", "tiny:hidden=48,heads=2", "tiny:tokenizer=word"):
+    for bad in ("tiny:layers", "tiny:depth:2", "tiny:hidden:48,heads:2", "tiny:tokenizer:word"):
         with pytest.raises(ConfigError):
             TinySpec.parse(bad)
 
@@ -79,7 +79,7 @@ def test_resolve_sources(tmp_path: Path) -> None:
     with pytest.raises(AsdError, match="not a model folder"):
         registry.resolve(_stage(str(tmp_path)), tmp_path, "hf")
     with pytest.raises(ConfigError, match="tiny models run on"):
-        registry.resolve(_stage("tiny:layers=1", "llamacpp"), tmp_path, "gguf")
+        registry.resolve(_stage("tiny:layers:1", "llamacpp"), tmp_path, "gguf")
     with pytest.raises(AsdError, match="unknown embedded model"):
         registry.resolve(_stage("package:nope"), tmp_path, "hf")
 

@@ -32,7 +32,7 @@ def layout(tmp_path: Path) -> tuple[Path, list[Path], Path]:
     base = tmp_path / "base.yaml"
     base.write_text(
         "profile: t\nseed: 7\nlambdas: [1.0]\n"
-        "stages:\n  - {name: a, source: 'tiny:layers=1', runtime: transformers}\n"
+        "stages:\n  - {name: a, source: 'tiny:layers:1', runtime: transformers}\n"
     )
     return notebooks, [base], tmp_path / "runs"
 

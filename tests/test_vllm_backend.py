@@ -160,7 +160,7 @@ def test_step_stats_of_no_tokens() -> None:
 
 
 # -- the real engine (vLLM installed) ---------------------------------------------------------
-TINY = "tiny:layers=2,hidden=64,seed=1"
+TINY = "tiny:layers:2,hidden:64,seed:1"
 SMOL = "package:smollm2-135m-instruct"
 QUESTIONS = [
     "What is 6 times 7?",

@@ -1,6 +1,6 @@
 """Tiny random-weight models with tokenizers made offline, for tests and the smoke profile.
 
-A source ``tiny:layers=2,hidden=64,seed=1,tokenizer=bytes`` names a deterministic model: the
+A source ``tiny:layers:2,hidden:64,seed:1,tokenizer:bytes`` names a deterministic model: the
 same spec always gives the same weights and tokenizer, saved as an ordinary checkpoint folder so
 every runtime that reads Hugging Face folders can load it. Weights are initialised with a large
 spread so next-token distributions are peaked: greedy decoding of a near-uniform random model
@@ -48,7 +48,7 @@ class TinySpec:
         body = source.removeprefix("tiny:")
         kwargs: dict[str, object] = {}
         for item in filter(None, body.split(",")):
-            key, sep, value = item.partition("=")
+            key, sep, value = item.partition(":")  # not "=": papermill misparses such literals
             if not sep or key not in cls.__dataclass_fields__:
                 raise ConfigError(
                     f"source '{source}': bad tiny-model field '{item}' (fields: layers, hidden, heads, seed, tokenizer, init_std)"
