@@ -100,3 +100,21 @@ def test_top_k_matches_a_full_sort_for_flat_and_peaked_rows(scale: float) -> Non
         np.take_along_axis(logits, top_ids, 1), np.take_along_axis(logits, expected, 1)
     )
     assert (np.diff(top_lp, axis=1) <= 0).all()
+
+
+def test_cut_output_rules() -> None:
+    from asd_core.models.common import cut_output
+
+    letters = {1: "a", 2: "b", 3: "c", 9: ""}  # 9 is EOS and decodes to nothing
+
+    def decode(ids: list[int]) -> str:
+        return "".join(letters[i] for i in ids)
+
+    eos = frozenset({9})
+    assert cut_output([1, 2, 9, 3], eos, (), decode, False, 10) == ([1, 2, 9], "eos")
+    assert cut_output([1, 2, 9, 3], eos, (), decode, True, 3) == ([1, 2, 9], "length")
+    assert cut_output([1, 2, 3, 1], eos, ("bc",), decode, False, 10) == ([1, 2, 3], "stop")
+    assert cut_output([1, 9, 2, 3], eos, ("bc",), decode, False, 10) == ([1, 9], "eos")
+    assert cut_output([1, 9, 2, 3], eos, ("bc",), decode, True, 10) == ([1, 9, 2, 3], "stop")
+    assert cut_output([1, 2], eos, ("zz",), decode, False, 10) == ([1, 2], "length")
+    assert cut_output([], eos, ("zz",), decode, False, 10) == ([], "length")

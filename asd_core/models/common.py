@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from asd_core.errors import AsdError
+from asd_core.models.base import StopReason
 
 
 def token_stats(logits: np.ndarray, chosen: np.ndarray, top_k: int) -> tuple[np.ndarray, ...]:
@@ -84,6 +85,33 @@ def eos_ids(*candidates: int | Iterable[int] | None) -> frozenset[int]:
 def hit_stop_string(text: str, stop_strings: Sequence[str]) -> bool:
     """True once ``text`` (the decoded output so far) contains any stop string."""
     return any(s and s in text for s in stop_strings)
+
+
+def cut_output(
+    tokens: list[int],
+    eos: frozenset[int],
+    stop_strings: Sequence[str],
+    decode: Callable[[list[int]], str],
+    ignore_eos: bool,
+    max_new_tokens: int,
+) -> tuple[list[int], StopReason]:
+    """Cut a runtime's raw output where greedy generation really ended, the same for all runtimes.
+
+    Ends at the first EOS (kept) unless ``ignore_eos``, or at the token whose decoded prefix
+    first contains a stop string (kept), whichever comes first; else at ``max_new_tokens``.
+    Prefixes are decoded whole (not incrementally) so every runtime cuts at the same token.
+    """
+    end = len(tokens)
+    if not ignore_eos:
+        end = next((i + 1 for i, t in enumerate(tokens) if t in eos), end)
+    if stop_strings and hit_stop_string(decode(tokens[:end]), stop_strings):
+        first = next(
+            i for i in range(end) if hit_stop_string(decode(tokens[: i + 1]), stop_strings)
+        )
+        return tokens[: first + 1], "stop"
+    if end < len(tokens) or (not ignore_eos and tokens and tokens[end - 1] in eos):
+        return tokens[:end], "eos"
+    return tokens[:max_new_tokens], "length"
 
 
 def check_prompts(

@@ -24,10 +24,9 @@ from asd_core.models.base import (
     GenerationParams,
     Scoring,
     StageInfo,
-    StopReason,
     TokenIds,
 )
-from asd_core.models.common import check_prompts, cpu_threads, eos_ids, hit_stop_string, token_stats
+from asd_core.models.common import check_prompts, cpu_threads, cut_output, eos_ids, token_stats
 from asd_core.models.registry import register, resolve
 
 Clock = Callable[[], float]
@@ -101,16 +100,8 @@ class TransformersBackend:
         )
 
     # -- generation ---------------------------------------------------------------------------
-    def _trim(self, row: list[int], params: GenerationParams) -> tuple[list[int], StopReason]:
-        """Cut a generated row where generation really stopped (EOS included, padding dropped)."""
-        for i, tok in enumerate(row):
-            if tok in self.eos and not params.ignore_eos:
-                return row[: i + 1], "eos"
-            if params.stop_strings and hit_stop_string(
-                self.tokenizer.decode(row[: i + 1], skip_special_tokens=True), params.stop_strings
-            ):
-                return row[: i + 1], "stop"
-        return row[: params.max_new_tokens], "length"
+    def _decode(self, tokens: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
@@ -156,7 +147,14 @@ class TransformersBackend:
         )  # (B, T, V)
         results = []
         for b, p in enumerate(prompts):
-            tokens, reason = self._trim(new_tokens[b], params)
+            tokens, reason = cut_output(
+                new_tokens[b],
+                self.eos,
+                params.stop_strings,
+                self._decode,
+                params.ignore_eos,
+                params.max_new_tokens,
+            )
             n = len(tokens)
             rows = logits[b, :n] if logits is not None else np.zeros((0, 1), np.float32)
             lp, top_ids, top_lp, ent = token_stats(

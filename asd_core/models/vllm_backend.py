@@ -40,10 +40,9 @@ from asd_core.models.base import (
     GenerationParams,
     Scoring,
     StageInfo,
-    StopReason,
     TokenIds,
 )
-from asd_core.models.common import check_prompts, eos_ids, hit_stop_string
+from asd_core.models.common import check_prompts, cut_output, eos_ids
 from asd_core.models.registry import register, resolve
 
 Clock = Callable[[], float]
@@ -231,25 +230,6 @@ class VllmBackend:
         batch = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         return list(self.llm.generate(batch, sampling, use_tqdm=False))
 
-    def _trim(self, tokens: list[int], params: GenerationParams) -> tuple[list[int], StopReason]:
-        """Cut where transformers would have stopped: EOS kept, or the stop-completing token.
-
-        vLLM checks stop strings on its incremental detokenisation; re-checking on whole-prefix
-        decodes (as ``hf.py`` does) makes the cut identical token-wise.
-        """
-        if not params.ignore_eos:
-            for i, tok in enumerate(tokens):
-                if tok in self.eos:
-                    tokens = tokens[: i + 1]
-                    break
-        if params.stop_strings and hit_stop_string(self._decode(tokens), params.stop_strings):
-            for i in range(len(tokens)):
-                if hit_stop_string(self._decode(tokens[: i + 1]), params.stop_strings):
-                    return tokens[: i + 1], "stop"
-        if tokens and tokens[-1] in self.eos and not params.ignore_eos:
-            return tokens, "eos"
-        return tokens[: params.max_new_tokens], "length"
-
     def _decode(self, tokens: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
 
@@ -280,7 +260,16 @@ class VllmBackend:
         results = []
         for p, out in zip(prompts, outputs, strict=True):
             comp = out.outputs[0]
-            tokens, reason = self._trim(list(comp.token_ids), params)
+            # vLLM checks stop strings on incremental detokenisation; cutting on whole-prefix
+            # decodes, as every backend does, makes the cut identical token-wise
+            tokens, reason = cut_output(
+                list(comp.token_ids),
+                self.eos,
+                params.stop_strings,
+                self._decode,
+                params.ignore_eos,
+                params.max_new_tokens,
+            )
             if reason == "length" and isinstance(comp.stop_reason, str):
                 reason = "stop"  # vLLM saw the stop string where whole-prefix decoding did not
             lp, top_ids, top_lp, ent = _step_stats(
