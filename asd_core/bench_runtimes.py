@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--runtimes", default="llamacpp,transformers,vllm")
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vllm-python", default=sys.executable, help="interpreter that has vLLM")
     parser.add_argument("--fresh", action="store_true", help="ignore cached cells")
     parser.add_argument("--child", help=argparse.SUPPRESS)
