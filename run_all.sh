@@ -77,7 +77,7 @@ fetch_models() {  # $@: profile names whose embedded weights are needed
   for profile in "$@"; do
     case "$profile" in
       cpu) names+=(smollm2-135m-instruct qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct) ;;
-      test) names+=(smollm2-135m-instruct) ;;
+      test) names+=(smollm2-135m-instruct qwen2.5-coder-0.5b-instruct) ;;  # the real 0->1 hop
     esac
   done
   [ ${#names[@]} -gt 0 ] || return 0
