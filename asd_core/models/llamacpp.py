@@ -193,7 +193,7 @@ class LlamaCppBackend:
 
     # -- generation ---------------------------------------------------------------------------
     def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
-        """Greedy outputs, one prompt after another (no batching: llama.cpp on CPU gains little).
+        """Greedy outputs, one prompt after another (multi-sequence batches are not built yet).
 
         ``prefill_s`` and ``total_s`` are those of each prompt alone. With ``ignore_eos`` the
         statistics still describe the raw logits (EOS may be the reported top-1), but the token
