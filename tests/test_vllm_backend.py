@@ -1,9 +1,9 @@
 """The vLLM backend: the stage → engine mapping everywhere, the engine itself when installed.
 
 The ``engine_kwargs`` and statistics tests need no vLLM and run by default. The engine tests are
-``slow`` and skip without vLLM; run them from the vLLM environment, e.g.::
+``slow`` and skip without vLLM; run them where vLLM is installed, e.g.::
 
-    /work/venv-vllm/bin/python -m pytest tests/test_vllm_backend.py -m slow -s
+    ASD_WITH_VLLM=1 ./run_all.sh test tests/test_vllm_backend.py -m slow -s
 
 Each engine starts worker processes and takes ~30 s to load on 2 cores, so every model gets
 one class-scoped engine that is closed before the next class starts one (which also shows that
