@@ -30,6 +30,7 @@ from typing import Any
 from asd_core import config
 from asd_core.config import StageConfig
 from asd_core.errors import AsdError, cli_entry
+from asd_core.models.common import chat_prompt_ids
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -42,14 +43,6 @@ PROMPTS = [
     "If a train travels 60 km in 45 minutes, what is its speed in km/h?",
     "Explain what a hash map is to a beginner programmer.",
 ]
-
-
-def chat_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a one-turn chat prompt with the generation prompt appended."""
-    enc = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-    )
-    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
 
 
 def peak_rss_gib() -> float:
@@ -117,7 +110,7 @@ def measure_cell(
     start = time.perf_counter()
     backend = load_backend(stage, models_dir)
     load_s = time.perf_counter() - start
-    prompts = [chat_ids(backend.tokenizer, t) for t in PROMPTS]
+    prompts = [chat_prompt_ids(backend.tokenizer, t) for t in PROMPTS]
     params = GenerationParams(max_new_tokens=new_tokens, ignore_eos=True)
     backend.generate([prompts[0]], GenerationParams(max_new_tokens=8, ignore_eos=True))  # warm-up
 
@@ -157,7 +150,7 @@ def measure_all_loaded(stages: Sequence[StageConfig], models_dir: str) -> dict[s
 
     backends = [load_backend(s, models_dir) for s in stages]
     for b in backends:
-        b.generate([chat_ids(b.tokenizer, PROMPTS[0])], GenerationParams(max_new_tokens=16))
+        b.generate([chat_prompt_ids(b.tokenizer, PROMPTS[0])], GenerationParams(max_new_tokens=16))
     rss = peak_rss_gib()
     for b in backends:
         b.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from asd_core import config
 from asd_core.errors import AsdError, cli_entry
+from asd_core.reporting import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,10 +29,7 @@ def export_html(notebook: Path, html: Path) -> Path:
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
-    tmp = html.with_name(f".{html.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, html)
-    return html
+    return atomic_write_text(html, body)
 
 
 def run_notebook(

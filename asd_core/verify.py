@@ -31,6 +31,7 @@ import numpy as np
 
 from asd_core.errors import AsdError
 from asd_core.models.base import Backend, Generation, Tokenizer
+from asd_core.models.common import decode_text
 
 REPLACEMENT = "\ufffd"  # what a lossy UTF-8 decoder writes for bytes that are not a character
 
@@ -145,15 +146,6 @@ def draft_from_generation(stage: int, gen: Generation, key: str) -> Draft:
 
 
 # -- verification -------------------------------------------------------------------------------
-def _eos_ids(verifier: Backend) -> frozenset[int]:
-    """The verifier's EOS ids: the backend's set when it has one, else the tokenizer's."""
-    eos = getattr(verifier, "eos", None)
-    if eos:
-        return frozenset(int(t) for t in eos)
-    tok_eos = verifier.tokenizer.eos_token_id
-    return frozenset() if tok_eos is None else frozenset({int(tok_eos)})
-
-
 def _draft_in_verifier_ids(verifier: Backend, draft: Draft, same_tokenizer: bool) -> list[int]:
     """(m,) the draft in the verifier's vocabulary (re-encoded text + EOS across tokenizers)."""
     if same_tokenizer:
@@ -176,9 +168,9 @@ def _straddles(tok: Tokenizer, ids: list[int], n: int, token: int) -> bool:
     Both texts are decoded with the shared prefix ``ids[:n]`` so that byte-level pieces and
     leading-space conventions join up identically; only the tail differs.
     """
-    draft_text = tok.decode(ids, skip_special_tokens=True)
-    verifier_text = tok.decode(ids[:n] + [token], skip_special_tokens=True)
-    head = tok.decode(ids[:n], skip_special_tokens=True)
+    draft_text = decode_text(tok, ids)
+    verifier_text = decode_text(tok, ids[:n] + [token])
+    head = decode_text(tok, ids[:n])
     return len(draft_text) > len(head) and verifier_text.startswith(draft_text)
 
 
@@ -224,7 +216,7 @@ def _verdict(
         seconds=0.0,  # set by the caller, who holds the clock
         cross_tokenizer=cross,
         straddle=straddle,
-        accepted_text=tok.decode(text_ids, skip_special_tokens=True),
+        accepted_text=decode_text(tok, text_ids),
         finished=finished,
     )
 
@@ -255,7 +247,7 @@ def verify_batch(
         raise AsdError(f"verify: {len(same)} same_tokenizer flags but {len(drafts)} drafts")
     if not drafts:
         return []
-    eos = _eos_ids(verifier)
+    eos = verifier.eos
     conts, prep_s = [], []
     for d, s in zip(drafts, same, strict=True):
         start = time.perf_counter()

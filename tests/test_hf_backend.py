@@ -9,13 +9,11 @@ from hypothesis import strategies as st
 
 from asd_core.errors import AsdError
 from asd_core.models.base import Backend, GenerationParams
+from asd_core.models.common import chat_prompt_ids
 
 
 def _chat(backend, text: str) -> list[int]:
-    enc = backend.tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-    )
-    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+    return chat_prompt_ids(backend.tokenizer, text)
 
 
 def test_satisfies_protocol(tiny_backend) -> None:

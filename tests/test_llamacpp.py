@@ -21,6 +21,7 @@ pytest.importorskip("llama_cpp")
 from asd_core.config import StageConfig  # noqa: E402
 from asd_core.errors import AsdError  # noqa: E402
 from asd_core.models.base import Backend, GenerationParams  # noqa: E402
+from asd_core.models.common import chat_prompt_ids
 from asd_core.models.llamacpp import LlamaCppBackend  # noqa: E402
 from asd_core.models.registry import load_backend  # noqa: E402
 from tests.conftest import real_gguf  # noqa: E402
@@ -68,11 +69,8 @@ def stage(asset: str, context_length: int = 2048) -> StageConfig:
     )
 
 
-def chat(tokenizer: Any, text: str) -> list[int]:
-    enc = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-    )
-    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+def chat(tokenizer, text: str) -> list[int]:
+    return chat_prompt_ids(tokenizer, text)
 
 
 def top2_gaps(backend: LlamaCppBackend, prompt: list[int], cont: list[int]) -> np.ndarray:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from asd_core.config import StageConfig
 from asd_core.errors import AsdError
 from asd_core.models.base import Backend, GenerationParams, Scoring
+from asd_core.models.common import chat_prompt_ids
 from asd_core.models.registry import load_backend
 from asd_core.models.tiny import make_tokenizer
 from asd_core.verify import (
@@ -72,11 +73,8 @@ def bpe_model(tmp_path_factory: pytest.TempPathFactory):
     backend.close()
 
 
-def chat(backend: Backend, text: str) -> list[int]:
-    enc: Any = backend.tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-    )
-    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+def chat(backend, text: str) -> list[int]:
+    return chat_prompt_ids(backend.tokenizer, text)
 
 
 def greedy(backend: Backend, prompt: list[int], n: int) -> list[int]:

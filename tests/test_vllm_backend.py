@@ -25,6 +25,7 @@ from asd_core import config
 from asd_core.config import StageConfig
 from asd_core.models import vllm_backend as vb
 from asd_core.models.base import GenerationParams
+from asd_core.models.common import chat_prompt_ids
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = config.load([REPO / "params/base.yaml", REPO / "params/paper.yaml"])
@@ -188,10 +189,7 @@ def vllm_env() -> Iterator[None]:
 
 
 def _chat(tokenizer, text: str) -> list[int]:
-    enc = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-    )
-    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+    return chat_prompt_ids(tokenizer, text)
 
 
 def _stage(source: str, runtime: str, dtype: str) -> StageConfig:

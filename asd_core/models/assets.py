@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from asd_core.errors import AssetError
+from asd_core.models.common import atomic_dir
 
 _CHUNK = 1 << 22  # 4 MiB reads keep memory flat while hashing GB-sized files
 
@@ -223,12 +223,6 @@ def fetch(asset: WeightAsset, models_dir: str | Path) -> Path:
     return out
 
 
-def _atomic_dir(final: Path) -> Path:
-    """A fresh temporary sibling folder; the caller renames it onto ``final`` when complete."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-
-
 def tokenizer_dir(asset: WeightAsset, models_dir: str | Path) -> Path:
     """Hugging Face tokenizer (with chat template) read from the GGUF; cached."""
     final = asset_dir(models_dir, asset) / "tokenizer"
@@ -237,15 +231,9 @@ def tokenizer_dir(asset: WeightAsset, models_dir: str | Path) -> Path:
     gguf = fetch(asset, models_dir)
     from transformers import AutoTokenizer
 
-    tmp = _atomic_dir(final)
-    try:
+    with atomic_dir(final) as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         tok.save_pretrained(str(tmp))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -266,8 +254,7 @@ def hf_checkpoint(asset: WeightAsset, models_dir: str | Path, dtype: str = "bflo
     print(
         f"[assets] converting {asset.filename} to a {dtype} checkpoint (about a minute)", flush=True
     )
-    tmp = _atomic_dir(final)
-    try:
+    with atomic_dir(final) as tmp:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype)
         )
@@ -279,11 +266,6 @@ def hf_checkpoint(asset: WeightAsset, models_dir: str | Path, dtype: str = "bflo
             str(tmp)
         )
         del model
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -97,6 +97,7 @@ class Backend(Protocol):
     stage: StageConfig
     tokenizer: Tokenizer
     info: StageInfo
+    eos: frozenset[int]  # ids that end generation (the same set on every runtime of a model)
 
     def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
         """Greedy continuations of tokenised prompts, one :class:`Generation` each."""

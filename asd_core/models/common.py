@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,3 +141,35 @@ def cpu_threads(requested: int) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def chat_prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a one-turn user chat in ``tokenizer``'s template, generation prompt appended."""
+    enc = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+    )
+    # transformers 5 returns a BatchEncoding here, older releases a plain list
+    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+
+
+def decode_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """The text of ``ids`` with special tokens (EOS, chat markers) removed."""
+    return str(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """A temporary sibling of ``final`` to fill; it replaces ``final`` only if the block succeeds.
+
+    Callers come here when ``final`` is missing or incomplete, so whatever stands there is
+    replaced; a failed build leaves no partial folder behind.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

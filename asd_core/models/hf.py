@@ -26,7 +26,14 @@ from asd_core.models.base import (
     StageInfo,
     TokenIds,
 )
-from asd_core.models.common import check_prompts, cpu_threads, cut_output, eos_ids, token_stats
+from asd_core.models.common import (
+    check_prompts,
+    cpu_threads,
+    cut_output,
+    decode_text,
+    eos_ids,
+    token_stats,
+)
 from asd_core.models.registry import register, resolve
 
 Clock = Callable[[], float]
@@ -44,7 +51,7 @@ class _StepClock(LogitsProcessor):
         return scores
 
 
-def _torch_dtype(name: str, device: str) -> torch.dtype | str:
+def _torch_dtype(name: str) -> torch.dtype | str:
     if name == "auto":
         return "auto"
     return getattr(torch, name)
@@ -77,7 +84,7 @@ class TransformersBackend:
             try:
                 tokenizer = tokenizer or AutoTokenizer.from_pretrained(src.tokenizer)
                 model = model or AutoModelForCausalLM.from_pretrained(
-                    src.weights, dtype=_torch_dtype(stage.dtype, self.device)
+                    src.weights, dtype=_torch_dtype(stage.dtype)
                 )
             except OSError as exc:
                 raise AsdError(
@@ -101,7 +108,7 @@ class TransformersBackend:
 
     # -- generation ---------------------------------------------------------------------------
     def _decode(self, tokens: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
+        return decode_text(self.tokenizer, tokens)
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
@@ -168,7 +175,7 @@ class TransformersBackend:
                 Generation(
                     prompt_ids=list(p),
                     token_ids=tokens,
-                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    text=self._decode(tokens),
                     logprobs=lp,
                     top_ids=top_ids,
                     top_logprobs=top_lp,

@@ -37,7 +37,14 @@ from asd_core.models.base import (
     StopReason,
     TokenIds,
 )
-from asd_core.models.common import check_prompts, cpu_threads, eos_ids, hit_stop_string, token_stats
+from asd_core.models.common import (
+    check_prompts,
+    cpu_threads,
+    decode_text,
+    eos_ids,
+    hit_stop_string,
+    token_stats,
+)
 from asd_core.models.registry import register, resolve
 
 Clock = Callable[[], float]
@@ -256,7 +263,7 @@ class LlamaCppBackend:
                 reason = "eos"
                 break
             if params.stop_strings and hit_stop_string(
-                self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop_strings
+                decode_text(self.tokenizer, tokens), params.stop_strings
             ):
                 reason = "stop"
                 break
@@ -271,7 +278,7 @@ class LlamaCppBackend:
         return Generation(
             prompt_ids=prompt,
             token_ids=tokens,
-            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            text=decode_text(self.tokenizer, tokens),
             logprobs=logprobs[:n],
             top_ids=top_ids[:n],
             top_logprobs=top_lp[:n],

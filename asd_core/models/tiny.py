@@ -9,13 +9,11 @@ would be decided by rounding noise.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from asd_core.errors import ConfigError
+from asd_core.models.common import atomic_dir
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -127,15 +125,6 @@ def materialize(source: str, models_dir: str | Path) -> Path:
     final = Path(models_dir) / "tiny" / spec.folder_name
     if (final / "config.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_dir(final) as tmp:
         build(spec, tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process built it first
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final

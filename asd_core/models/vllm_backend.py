@@ -42,7 +42,7 @@ from asd_core.models.base import (
     StageInfo,
     TokenIds,
 )
-from asd_core.models.common import check_prompts, cut_output, eos_ids
+from asd_core.models.common import check_prompts, cut_output, decode_text, eos_ids
 from asd_core.models.registry import register, resolve
 
 Clock = Callable[[], float]
@@ -231,7 +231,7 @@ class VllmBackend:
         return list(self.llm.generate(batch, sampling, use_tqdm=False))
 
     def _decode(self, tokens: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
+        return decode_text(self.tokenizer, tokens)
 
     # -- generation ---------------------------------------------------------------------------
     def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
