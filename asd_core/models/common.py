@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from asd_core.errors import AsdError
-from asd_core.models.base import StopReason
+from asd_core.models.base import Generation, GenerationParams, Prefix, StopReason, TokenIds
 
 
 def token_stats(logits: np.ndarray, chosen: np.ndarray, top_k: int) -> tuple[np.ndarray, ...]:
@@ -173,3 +175,133 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- resuming after a verified prefix ------------------------------------------------------------
+def prefix_from_scoring(scoring: Any, token_ids: Sequence[int]) -> Prefix:
+    """The :class:`Prefix` of ``token_ids`` (n ≤ m + 1 ids) read off a ``score(top_k>0)`` pass.
+
+    Each id must be the scorer's own argmax at its row (a verified prefix plus the verifier's
+    token), so its log-probability is that row's top-1 log-probability.
+    """
+    n = len(token_ids)
+    if scoring.top_ids is None or scoring.top_logprobs is None or scoring.entropy is None:
+        raise ValueError("the scoring pass carries no statistics: call score(..., top_k > 0)")
+    if n > len(scoring.entropy):
+        raise ValueError(f"prefix of {n} tokens but the pass has {len(scoring.entropy)} rows")
+    return Prefix(
+        token_ids=[int(t) for t in token_ids],
+        logprobs=scoring.top_logprobs[:n, 0].astype(np.float32),
+        top_ids=scoring.top_ids[:n],
+        top_logprobs=scoring.top_logprobs[:n],
+        entropy=scoring.entropy[:n],
+    )
+
+
+def empty_prefix(top_k: int) -> Prefix:
+    """A prefix of zero tokens (resume then equals generating from scratch)."""
+    return Prefix(
+        [],
+        np.zeros(0, np.float32),
+        np.zeros((0, top_k), np.int64),
+        np.zeros((0, top_k), np.float32),
+        np.zeros(0, np.float32),
+    )
+
+
+def join_generation(
+    prompt: Sequence[int],
+    prefix: Prefix,
+    new: Generation | None,
+    tokens: list[int],
+    reason: StopReason,
+    decode: Callable[[list[int]], str],
+    top_k: int,
+    prefill_s: float,
+    total_s: float,
+) -> Generation:
+    """One :class:`Generation` for prefix + newly generated tokens, cut to ``tokens`` (n ids)."""
+    n = len(tokens)
+
+    def cat(a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        a = a[:, :top_k] if a.ndim == 2 else a
+        if b is None:
+            return a[:n]
+        b = b[:, :top_k] if b.ndim == 2 else b
+        return np.concatenate([a, b])[:n]
+
+    return Generation(
+        prompt_ids=list(prompt),
+        token_ids=tokens,
+        text=decode(tokens),
+        logprobs=cat(prefix.logprobs, None if new is None else new.logprobs),
+        top_ids=cat(prefix.top_ids, None if new is None else new.top_ids),
+        top_logprobs=cat(prefix.top_logprobs, None if new is None else new.top_logprobs),
+        entropy=cat(prefix.entropy, None if new is None else new.entropy),
+        stop_reason=reason,
+        prefill_s=prefill_s,
+        total_s=total_s,
+        hidden_mean=None if new is None else new.hidden_mean,
+    )
+
+
+def finished_prefix(
+    prefix: Prefix,
+    eos: frozenset[int],
+    params: GenerationParams,
+    decode: Callable[[list[int]], str],
+) -> tuple[list[int], StopReason] | None:
+    """Where generation ends inside ``prefix`` already (EOS, stop string, length), else None."""
+    ids = prefix.token_ids
+    if not ids:
+        return None
+    tokens, reason = cut_output(
+        ids, eos, params.stop_strings, decode, params.ignore_eos, params.max_new_tokens
+    )
+    if reason != "length" or len(ids) >= params.max_new_tokens:
+        return tokens, reason
+    return None
+
+
+def resume_by_generating(
+    backend: Any, prompts: Sequence[TokenIds], prefixes: Sequence[Prefix], params: GenerationParams
+) -> list[Generation]:
+    """``resume`` for runtimes that cache prefixes themselves (vLLM) or not at all.
+
+    Generates after prompt + prefix as a new prompt, then re-cuts the joined output so that a
+    stop string spanning the boundary ends it where a from-scratch run would have.
+    """
+    if len(prompts) != len(prefixes):
+        raise AsdError(
+            f"stage '{backend.stage.name}': {len(prompts)} prompts but {len(prefixes)} prefixes"
+        )
+    decode = functools.partial(decode_text, backend.tokenizer)
+    out: list[Generation | None] = [None] * len(prompts)
+    todo: list[int] = []
+    for i, (p, pre) in enumerate(zip(prompts, prefixes, strict=True)):
+        done = finished_prefix(pre, backend.eos, params, decode)
+        if done is not None:
+            out[i] = join_generation(p, pre, None, done[0], done[1], decode, params.top_k, 0.0, 0.0)
+        else:
+            todo.append(i)
+    by_budget: dict[int, list[int]] = {}
+    for i in todo:
+        by_budget.setdefault(params.max_new_tokens - len(prefixes[i].token_ids), []).append(i)
+    for budget, idx in by_budget.items():
+        sub = dataclasses.replace(params, max_new_tokens=budget)
+        gens = backend.generate([list(prompts[i]) + prefixes[i].token_ids for i in idx], sub)
+        for i, g in zip(idx, gens, strict=True):
+            pre = prefixes[i]
+            joined = pre.token_ids + g.token_ids
+            tokens, reason = cut_output(
+                joined,
+                backend.eos,
+                params.stop_strings,
+                decode,
+                params.ignore_eos,
+                params.max_new_tokens,
+            )
+            out[i] = join_generation(
+                prompts[i], pre, g, tokens, reason, decode, params.top_k, g.prefill_s, g.total_s
+            )
+    return [g for g in out if g is not None]

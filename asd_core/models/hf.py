@@ -4,6 +4,11 @@ Generation uses ``model.generate`` (greedy, left-padded batches) with raw logits
 per-token statistics describe the model's own distribution even when EOS is suppressed for
 profiling. Scoring runs one teacher-forced forward pass per sequence and keeps only the logits
 it needs (``logits_to_keep``), so a 150k-token vocabulary never materialises for the prompt.
+
+The last scored sequence's key/value cache is kept: ``resume`` right after the ``score`` that
+verified a draft crops it to the accepted prefix and generates from there (transformers'
+``past_key_values``), so the draft is paid for once, in the verification pass. With
+``StageConfig.exact_scoring`` verified tokens are fed one at a time, as generation does.
 """
 
 from __future__ import annotations
@@ -15,13 +20,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 
 from asd_core.config import StageConfig
 from asd_core.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,
+    Prefix,
     Scoring,
     StageInfo,
     TokenIds,
@@ -32,6 +44,8 @@ from asd_core.models.common import (
     cut_output,
     decode_text,
     eos_ids,
+    finished_prefix,
+    join_generation,
     token_stats,
 )
 from asd_core.models.registry import register, resolve
@@ -92,6 +106,7 @@ class TransformersBackend:
                 ) from None
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self._kv: tuple[list[int], Any] | None = None  # (tokens, cache) of the last score pass
         gen_cfg = getattr(self.model, "generation_config", None)
         self.eos = eos_ids(tokenizer.eos_token_id, getattr(gen_cfg, "eos_token_id", None))
         self.pad_id = (
@@ -114,6 +129,12 @@ class TransformersBackend:
     def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
         """Greedy outputs for a batch; timing fields are those of the whole batch."""
         check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
+        return self._generate(prompts, params)
+
+    def _generate(
+        self, prompts: Sequence[TokenIds], params: GenerationParams, cache: Any = None
+    ) -> list[Generation]:
+        """``model.generate`` on a left-padded batch; ``cache`` holds all but each last token."""
         if not prompts:
             return []
         width = max(len(p) for p in prompts)
@@ -128,6 +149,8 @@ class TransformersBackend:
             kwargs |= {"stop_strings": list(params.stop_strings), "tokenizer": self.tokenizer}
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_new_tokens
+        if cache is not None:
+            kwargs["past_key_values"] = cache
         start = self.clock()
         out = self.model.generate(
             input_ids=ids.to(self.device),
@@ -188,12 +211,111 @@ class TransformersBackend:
             )
         return results
 
+    @torch.inference_mode()
+    def resume(
+        self, prompts: Sequence[TokenIds], prefixes: Sequence[Prefix], params: GenerationParams
+    ) -> list[Generation]:
+        """Greedy outputs that start with verified prefixes (see :class:`Backend`), one by one."""
+        if len(prompts) != len(prefixes):
+            raise AsdError(
+                f"stage '{self.stage.name}': {len(prompts)} prompts but {len(prefixes)} prefixes"
+            )
+        check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
+        return [
+            self._resume_one(list(p), pre, params) for p, pre in zip(prompts, prefixes, strict=True)
+        ]
+
+    def _resume_one(
+        self, prompt: list[int], prefix: Prefix, params: GenerationParams
+    ) -> Generation:
+        ids = [int(t) for t in prefix.token_ids]
+        if not ids:
+            return self._generate([prompt], params)[0]
+        start = self.clock()
+        done = finished_prefix(prefix, self.eos, params, self._decode)
+        if done is not None:
+            return join_generation(
+                prompt,
+                prefix,
+                None,
+                done[0],
+                done[1],
+                self._decode,
+                params.top_k,
+                0.0,
+                self.clock() - start,
+            )
+        head = prompt + ids[:-1]
+        if self._kv is not None and self._kv[0][: len(head)] == head:
+            cache = self._kv[1]
+            surplus = len(self._kv[0]) - len(head)
+            if surplus:  # transformers 5 crops by a negative count of tokens to remove
+                cache.crop(-surplus)
+        else:  # recompute as the verification pass would have
+            cache = DynamicCache(config=self.model.config)
+            self._forward(prompt, ids[:-1], cache, keep=0)
+        self._kv = None  # generation extends the cache past what it records
+        primed = self.clock()
+        budget = params.max_new_tokens - len(ids)
+        sub = GenerationParams(budget, params.stop_strings, params.top_k, params.ignore_eos)
+        new = self._generate([head + ids[-1:]], sub, cache)[0]
+        tokens, reason = cut_output(
+            ids + new.token_ids,
+            self.eos,
+            params.stop_strings,
+            self._decode,
+            params.ignore_eos,
+            params.max_new_tokens,
+        )
+        return join_generation(
+            prompt,
+            prefix,
+            new,
+            tokens,
+            reason,
+            self._decode,
+            params.top_k,
+            primed - start + new.prefill_s,
+            self.clock() - start,
+        )
+
+    def _forward(self, prompt: list[int], cont: list[int], cache: Any, keep: int) -> torch.Tensor:
+        """Feed prompt + cont into ``cache``; (keep, V) float logits of the last ``keep`` rows.
+
+        The prompt goes in one pass; the continuation too, or one token at a time with
+        ``exact_scoring`` (the kernels generation uses).
+        """
+        dev = self.device
+        if not self.stage.exact_scoring or not cont:
+            seq = torch.tensor([prompt + cont], dtype=torch.long, device=dev)
+            out = self.model(
+                input_ids=seq, past_key_values=cache, use_cache=True, logits_to_keep=keep
+            )
+            return out.logits[0].float() if keep else out.logits[0, :0].float()
+        seq = torch.tensor([prompt], dtype=torch.long, device=dev)
+        rows = [
+            self.model(input_ids=seq, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            .logits[0, -1]
+            .float()
+        ]
+        for tok in cont:
+            step = torch.tensor([[tok]], dtype=torch.long, device=dev)
+            rows.append(
+                self.model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                .logits[0, -1]
+                .float()
+            )
+        return torch.stack(rows)[len(rows) - keep :] if keep else rows[0][:0]
+
     # -- scoring ------------------------------------------------------------------------------
     @torch.inference_mode()
     def score(
-        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]
+        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds], top_k: int = 0
     ) -> list[Scoring]:
-        """Teacher-forced argmax over each continuation, one forward pass per sequence."""
+        """Teacher-forced argmax over each continuation, one forward pass per sequence.
+
+        The last sequence's cache is kept for :meth:`resume`.
+        """
         if len(prompts) != len(continuations):
             raise AsdError(
                 f"stage '{self.stage.name}': {len(prompts)} prompts but {len(continuations)} continuations"
@@ -207,8 +329,9 @@ class TransformersBackend:
                     f"stage '{self.stage.name}': prompt + continuation is {len(p) + m} tokens, more than the context length {self.stage.context_length}"
                 )
             start = self.clock()
-            seq = torch.tensor([list(p) + list(c)], dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=seq, logits_to_keep=m + 1).logits[0].float()  # (m+1, V)
+            cache = DynamicCache(config=self.model.config)
+            logits = self._forward(list(p), list(c), cache, keep=m + 1)  # (m+1, V)
+            self._kv = (list(p) + list(c), cache)
             seconds = self.clock() - start
             logp = torch.log_softmax(logits, dim=-1)
             argmax = logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
@@ -218,15 +341,23 @@ class TransformersBackend:
                 if m
                 else np.zeros(0, np.float32)
             )
+            stats: tuple[Any, ...] = (None, None, None)
+            if top_k > 0:
+                _, ti, tl, ent = token_stats(logits.cpu().numpy(), argmax, top_k)
+                stats = (ti, tl, ent)
             results.append(
                 Scoring(
                     argmax_ids=argmax[:m],
                     logprobs=given,
                     next_argmax=int(argmax[m]),
                     seconds=seconds,
+                    top_ids=stats[0],
+                    top_logprobs=stats[1],
+                    entropy=stats[2],
                 )
             )
         return results
 
     def close(self) -> None:
         self.model = None
+        self._kv = None

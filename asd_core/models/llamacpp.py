@@ -11,9 +11,15 @@ batch (log-probs move by up to ~0.2 nats), so ``score`` on a stage's own greedy 
 disagree with it at near-ties; only a micro-batch of 1 would be bit-exact, at decode speed.
 
 Everything goes through :meth:`LlamaCppBackend._feed`, which appends tokens to the KV cache at
-given positions and reports logits only where asked. Today every call starts from an empty
-cache; reusing a prompt's KV after verification only needs a caller that skips the clear and
-feeds from the first new position.
+given positions and reports logits only where asked; the backend remembers which tokens the
+cache holds. ``generate`` and ``score`` start from an empty cache; ``resume`` right after the
+``score`` that verified a draft keeps the cache up to the accepted prefix and feeds only the
+verifier's token, so escalating pays for the draft once, in the batched verification pass.
+A resumed output is the same whether or not the cache was reused: on a miss the prompt and
+prefix are recomputed in one batch, exactly as the verification pass computed them.
+
+``StageConfig.exact_scoring`` feeds verified tokens one at a time, as generation does, which
+makes verification and resumed outputs bit-identical to generating from scratch at decode speed.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from asd_core.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,
+    Prefix,
     Scoring,
     StageInfo,
     StopReason,
@@ -42,7 +49,9 @@ from asd_core.models.common import (
     cpu_threads,
     decode_text,
     eos_ids,
+    finished_prefix,
     hit_stop_string,
+    join_generation,
     token_stats,
 )
 from asd_core.models.registry import register, resolve
@@ -112,6 +121,7 @@ class LlamaCppBackend:
             ) from None
 
         self._ctx = self.llm.ctx
+        self._kv: list[int] = []  # tokens whose keys/values the cache holds, positions 0..
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.n_vocab = self.llm.n_vocab()
         self.n_embd = self.llm.n_embd()
@@ -143,13 +153,25 @@ class LlamaCppBackend:
             raise AsdError(f"stage '{self.stage.name}': backend used after close()")
 
     def _clear(self) -> None:
-        """Empty the KV cache (every call starts from scratch for now)."""
+        """Empty the KV cache."""
         llama_cpp.llama_memory_clear(self._mem, True)
+        self._kv = []
+
+    def _truncate(self, n: int) -> None:
+        """Keep the first ``n`` cached positions, drop the rest."""
+        if n == 0:
+            self._clear()
+            return
+        llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
+        del self._kv[n:]
 
     def _decode(self) -> None:
         rc = llama_cpp.llama_decode(self._ctx, self._batch)
         if rc != 0:  # 1: no KV slot (context full); < 0: internal error
+            self._clear()  # the cache no longer matches self._kv
             raise AsdError(f"stage '{self.stage.name}': llama_decode failed with code {rc}")
+        b = self._batch
+        self._kv.extend(b.token[j] for j in range(b.n_tokens))
 
     def _feed(
         self, tokens: Sequence[int], pos0: int, first_out: int, on_rows: RowsFn | None = None
@@ -222,8 +244,60 @@ class LlamaCppBackend:
             if params.return_hidden:
                 llama_cpp.llama_set_embeddings(self._ctx, False)
 
-    def _generate_one(self, prompt: list[int], params: GenerationParams) -> Generation:
+    def resume(
+        self, prompts: Sequence[TokenIds], prefixes: Sequence[Prefix], params: GenerationParams
+    ) -> list[Generation]:
+        """Greedy outputs that start with verified prefixes (see :class:`Backend`).
+
+        The KV cache of the last ``score`` is reused when it covers prompt + prefix; hidden
+        states are not available here (they would need the prefix recomputed).
+        """
+        self._check_open()
+        if len(prompts) != len(prefixes):
+            raise AsdError(
+                f"stage '{self.stage.name}': {len(prompts)} prompts but {len(prefixes)} prefixes"
+            )
+        if params.return_hidden:
+            raise AsdError(f"stage '{self.stage.name}': resume() cannot return hidden states")
+        check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
+        return [
+            self._generate_one([int(t) for t in p], params, pre)
+            for p, pre in zip(prompts, prefixes, strict=True)
+        ]
+
+    def _prime(self, prompt: list[int], prefix: list[int]) -> None:
+        """Leave the cache holding prompt + prefix and the logits after its last token ready.
+
+        Reuses the cache when it already holds prompt + prefix[:-1] (from the verification
+        pass); otherwise recomputes it the way ``score`` would, so either way the result is the
+        same.
+        """
+        head = prompt + prefix[:-1]
+        if len(self._kv) >= len(head) and self._kv[: len(head)] == head:
+            self._truncate(len(head))
+        else:
+            self._clear()
+            if self.stage.exact_scoring:
+                self._feed(prompt, 0, len(prompt))
+                for j, tok in enumerate(prefix[:-1]):
+                    self._step(tok, len(prompt) + j)
+            else:
+                self._feed(head, 0, len(head))
+        self._step(prefix[-1], len(head))
+
+    def _generate_one(
+        self, prompt: list[int], params: GenerationParams, prefix: Prefix | None = None
+    ) -> Generation:
         n_max, k = params.max_new_tokens, max(0, min(params.top_k, self.n_vocab))
+        decode = self._decode_text
+        start = self.clock()
+        if prefix is not None and prefix.token_ids:
+            done = finished_prefix(prefix, self.eos, params, decode)
+            if done is not None:
+                return join_generation(
+                    prompt, prefix, None, done[0], done[1], decode, k, 0.0, self.clock() - start
+                )
+        n0 = 0 if prefix is None else len(prefix.token_ids)
         logprobs = np.zeros(n_max, np.float32)
         top_ids = np.zeros((n_max, k), np.int64)
         top_lp = np.zeros((n_max, k), np.float32)
@@ -231,21 +305,27 @@ class LlamaCppBackend:
         hidden = np.zeros(self.n_embd, np.float64) if params.return_hidden else None
         tokens: list[int] = []
         reason: StopReason = "length"
-
-        start = self.clock()
-        self._clear()
-        if hidden is None:
+        if prefix is not None and n0:
+            tokens = list(prefix.token_ids)
+            logprobs[:n0] = prefix.logprobs
+            top_ids[:n0] = prefix.top_ids[:, :k]
+            top_lp[:n0] = prefix.top_logprobs[:, :k]
+            entropy[:n0] = prefix.entropy
+            self._prime(prompt, tokens)
+        elif hidden is None:
+            self._clear()
             self._feed(prompt, 0, len(prompt) - 1)
         else:
             # with embeddings on, llama.cpp outputs every token of a batch (logits over the
             # whole vocabulary for each): feed the prompt without them, then its last token alone
+            self._clear()
             llama_cpp.llama_set_embeddings(self._ctx, False)
             self._feed(prompt[:-1], 0, len(prompt))
             llama_cpp.llama_set_embeddings(self._ctx, True)
             self._step(prompt[-1], len(prompt) - 1)
         row = self._last_logits()  # synchronises with the decode, so the stamp below is honest
         prefill = self.clock() - start
-        pos = len(prompt)
+        pos = len(prompt) + n0
         while len(tokens) < n_max:
             tok = int(row.argmax())
             if params.ignore_eos and tok in self.eos:
@@ -262,9 +342,7 @@ class LlamaCppBackend:
             if tok in self.eos and not params.ignore_eos:
                 reason = "eos"
                 break
-            if params.stop_strings and hit_stop_string(
-                decode_text(self.tokenizer, tokens), params.stop_strings
-            ):
+            if params.stop_strings and hit_stop_string(decode(tokens), params.stop_strings):
                 reason = "stop"
                 break
             if len(tokens) == n_max:
@@ -278,7 +356,7 @@ class LlamaCppBackend:
         return Generation(
             prompt_ids=prompt,
             token_ids=tokens,
-            text=decode_text(self.tokenizer, tokens),
+            text=decode(tokens),
             logprobs=logprobs[:n],
             top_ids=top_ids[:n],
             top_logprobs=top_lp[:n],
@@ -289,11 +367,17 @@ class LlamaCppBackend:
             hidden_mean=(hidden / n).astype(np.float32) if hidden is not None and n else None,
         )
 
+    def _decode_text(self, ids: Sequence[int]) -> str:
+        return decode_text(self.tokenizer, ids)
+
     # -- scoring ------------------------------------------------------------------------------
     def score(
-        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]
+        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds], top_k: int = 0
     ) -> list[Scoring]:
-        """Teacher-forced argmax over each continuation, one sequence after another."""
+        """Teacher-forced argmax over each continuation, one sequence after another.
+
+        The cache is left holding the last prompt + continuation, for :meth:`resume`.
+        """
         self._check_open()
         name = self.stage.name
         if len(prompts) != len(continuations):
@@ -308,24 +392,32 @@ class LlamaCppBackend:
                     f"more than the context length {self.stage.context_length}"
                 )
         pairs = zip(prompts, continuations, strict=True)
-        return [self._score_one([int(t) for t in p], [int(t) for t in c]) for p, c in pairs]
+        k = max(0, min(top_k, self.n_vocab))
+        return [self._score_one([int(t) for t in p], [int(t) for t in c], k) for p, c in pairs]
 
-    def _score_one(self, prompt: list[int], cont: list[int]) -> Scoring:
+    def _score_one(self, prompt: list[int], cont: list[int], k: int) -> Scoring:
         """One teacher-forced pass from an empty cache.
 
         Logits are requested only from the last prompt token on (``m + 1`` rows for ``m``
         continuation tokens) and reduced in blocks of rows, so a 150k vocabulary stays cheap.
+        With ``exact_scoring`` the continuation is fed one token at a time, as in generation.
         """
         n_p, m = len(prompt), len(cont)
         argmax = np.zeros(m + 1, np.int64)  # row r predicts cont[r]; row m is what comes next
         given = np.zeros(m, np.float32)
         targets = np.asarray(cont, dtype=np.int64)
+        top_ids = np.zeros((m + 1, k), np.int64) if k else None
+        top_lp = np.zeros((m + 1, k), np.float32) if k else None
+        ent = np.zeros(m + 1, np.float32) if k else None
 
         def reduce(first: int, rows: np.ndarray) -> None:
             for b0 in range(0, rows.shape[0], _SCORE_BLOCK):
                 x = rows[b0 : b0 + _SCORE_BLOCK]
                 r = first + b0 - (n_p - 1)  # index among the m + 1 output rows
                 argmax[r : r + len(x)] = x.argmax(axis=1)
+                if top_ids is not None and top_lp is not None and ent is not None:
+                    _, ti, tl, e = token_stats(x, argmax[r : r + len(x)], k)
+                    top_ids[r : r + len(x)], top_lp[r : r + len(x)], ent[r : r + len(x)] = ti, tl, e
                 live = min(len(x), m - r)  # rows that have a given next token
                 if live > 0:
                     x = x[:live]
@@ -335,9 +427,15 @@ class LlamaCppBackend:
 
         start = self.clock()
         self._clear()
-        self._feed(prompt + cont, 0, n_p - 1, reduce)
+        if self.stage.exact_scoring:
+            self._feed(prompt, 0, n_p - 1, reduce)
+            for j, tok in enumerate(cont):
+                self._step(tok, n_p + j)
+                reduce(n_p + j, self._last_logits()[None, :])
+        else:
+            self._feed(prompt + cont, 0, n_p - 1, reduce)
         seconds = self.clock() - start
-        return Scoring(argmax[:m], given, int(argmax[m]), seconds)
+        return Scoring(argmax[:m], given, int(argmax[m]), seconds, top_ids, top_lp, ent)
 
     def close(self) -> None:
         """Free the batch, the context and the weights; safe to call twice."""

@@ -38,11 +38,18 @@ from asd_core.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,
+    Prefix,
     Scoring,
     StageInfo,
     TokenIds,
 )
-from asd_core.models.common import check_prompts, cut_output, decode_text, eos_ids
+from asd_core.models.common import (
+    check_prompts,
+    cut_output,
+    decode_text,
+    eos_ids,
+    resume_by_generating,
+)
 from asd_core.models.registry import register, resolve
 
 Clock = Callable[[], float]
@@ -292,8 +299,15 @@ class VllmBackend:
         return results
 
     # -- scoring ------------------------------------------------------------------------------
+    def resume(
+        self, prompts: Sequence[TokenIds], prefixes: Sequence[Prefix], params: GenerationParams
+    ) -> list[Generation]:
+        """Greedy outputs after verified prefixes: prompt + prefix as a new prompt, whose KV
+        blocks vLLM's automatic prefix caching finds from the verification pass."""
+        return resume_by_generating(self, prompts, prefixes, params)
+
     def score(
-        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds]
+        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds], top_k: int = 0
     ) -> list[Scoring]:
         """Teacher-forced argmax over each continuation, all sequences in one engine call.
 
@@ -320,8 +334,13 @@ class VllmBackend:
         if not seqs:
             return []
         # no stop tokens: an EOS predicted after the continuation is still reported
+        n_lp = ENTROPY_TOP_N if top_k > 0 else 1
         sampling = SamplingParams(
-            temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False
+            temperature=0.0,
+            max_tokens=1,
+            prompt_logprobs=n_lp,
+            logprobs=n_lp if top_k > 0 else None,
+            detokenize=False,
         )
         start = self.clock()
         outputs = self._run(seqs, sampling)
@@ -335,12 +354,21 @@ class VllmBackend:
             given = np.array(
                 [row[tok].logprob for row, tok in zip(rows, c, strict=True)], dtype=np.float32
             )
+            nxt = int(out.outputs[0].token_ids[0])
+            stats: tuple[Any, ...] = (None, None, None)
+            if top_k > 0:
+                steps = list(rows) + [out.outputs[0].logprobs[0]]
+                _, ti, tl, ent = _step_stats(steps, [*argmax.tolist(), nxt], top_k, self.vocab_size)
+                stats = (ti, tl, ent)
             results.append(
                 Scoring(
                     argmax_ids=argmax,
                     logprobs=given,
-                    next_argmax=int(out.outputs[0].token_ids[0]),
+                    next_argmax=nxt,
                     seconds=total * (len(p) + m) / n_tokens,
+                    top_ids=stats[0],
+                    top_logprobs=stats[1],
+                    entropy=stats[2],
                 )
             )
         return results
