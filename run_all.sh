@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
-NOTEBOOKS=(01_profiling)
+NOTEBOOKS=(01_profiling 02_data_generation 03_predictor_training 04_evaluation 05_analysis)
 
 say() { printf '[run_all] %s\n' "$*"; }
 pip_q() {  # quiet pip; its full output goes to a log that is shown only when it fails
@@ -103,7 +103,11 @@ run_tests() {
   "$VENV/bin/ruff" format --check .
   "$VENV/bin/mypy" asd_core
   say "pytest (default run excludes slow tests; add '-m slow' for them)"
-  "$VENV/bin/pytest" tests notebooks/01_profiling.ipynb --nbval-lax \
+  # nbval runs every notebook with its own (smoke) defaults, in order: 02 writes the smoke
+  # generations that 03 and 04 read, 04 the results that 05 analyses
+  local notebooks=()
+  for nb in "${NOTEBOOKS[@]}"; do notebooks+=("notebooks/$nb.ipynb"); done
+  "$VENV/bin/pytest" tests "${notebooks[@]}" --nbval-lax \
     --nbval-sanitize-with tests/nbval_sanitize.cfg "$@"
 }
 
@@ -113,6 +117,8 @@ run_profile() {  # $1: profile
   setup "$profile"
   "$PY" -m asd_core.config params/base.yaml "params/$profile.yaml"
   "$PY" -m asd_core.runner --profile "$profile" "${NOTEBOOKS[@]}"
+  "$PY" -m asd_core.report_index --reports reports
+  say "done: open reports/index.html"
 }
 
 case "${1:-cpu}" in

@@ -24,6 +24,8 @@ from asd_core.errors import ConfigError, cli_entry
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+TaskName = Literal["mmlu", "humaneval", "asdiv", "truthfulqa", "gsm8k"]
 Runtime = Literal["transformers", "llamacpp", "vllm"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 
@@ -65,9 +67,66 @@ class Params(BaseModel):
     profile_output_lengths: Annotated[list[PositiveInt], Field(min_length=2)] = [8, 32]
     profile_repeats: PositiveInt = 2  # timed repeats per grid cell
     profile_warmup: Annotated[int, Field(ge=0)] = 1  # untimed runs before timing a stage
+    # -- tasks and labels (DESIGN §3, §10) --
+    tasks: Annotated[list[TaskName], Field(min_length=1)] = [
+        "mmlu",
+        "humaneval",
+        "asdiv",
+        "truthfulqa",
+    ]  # datasets used for training and evaluation
+    split_fractions: Annotated[list[UnitFloat], Field(min_length=3, max_length=3)] = [
+        0.6,
+        0.2,
+        0.2,
+    ]  # predictor-train / calibration / test shares (stable hash of the item id)
+    label_mode: Literal["answer", "token"] = "answer"  # acceptance label the predictor learns
+    # -- quality predictor (DESIGN §5) --
+    predictor_hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [
+        64,
+        64,
+    ]  # MLP trunk
+    predictor_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1  # after each trunk layer
+    predictor_lr: PositiveFloat = 1e-3  # AdamW learning rate
+    predictor_weight_decay: Annotated[float, Field(ge=0)] = 1e-4  # AdamW weight decay
+    predictor_batch_size: PositiveInt = 128  # rows per optimiser step
+    predictor_max_epochs: PositiveInt = 200  # epoch cap before early stopping
+    predictor_patience: PositiveInt = 10  # epochs without a better calibration loss, then stop
+    predictor_members: PositiveInt = 5  # deep-ensemble size
+    predictor_calibration: Literal["temperature", "isotonic", "none"] = "temperature"
+    predictor_input_stage: Annotated[int, Field(ge=0)] = (
+        0  # stage whose tokens the entry head reads
+    )
+    predictor_use_hidden: bool = False  # add the 32-dim PCA of the mean hidden state
+    predictor_bootstrap_resamples: PositiveInt = 1000  # bootstrap resamples for metric CIs
+    # -- risk adjustment and optimal stopping (DESIGN §6, §7) --
+    risk_alpha: Annotated[float, Field(ge=0)] = 10.0  # prior strength, pseudo-observations
+    risk_beta: Annotated[float, Field(gt=0, le=0.5)] = 0.5  # 0.5: posterior mean; lower: quantile
+    risk_n_max: Annotated[float, Field(ge=1)] = 1000.0  # cap on the effective sample size
+    belief_bins: PositiveInt = 20  # belief bins B of the DP
+    transition_smoothing: PositiveFloat = 1.0  # pseudo-count per transition cell
+    cost_mode: Literal["table", "per_input"] = "table"  # solved table, or re-solve per input
+    # -- evaluation (DESIGN §10) --
+    eval_seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [1, 2, 3, 4, 5]
+    online_lambdas: Annotated[list[PositiveFloat], Field(min_length=1)] = [
+        1.0,
+        10.0,
+    ]  # confirmed online
+    online_inputs: Annotated[int, Field(ge=0)] = 40  # test inputs run online per λ (0 = skip)
+    stage_sizes: list[PositiveFloat] = []  # parameters (billions) per stage, for the size-cost
+    # ablation; empty = 1, 2, … K
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Params:
+        if abs(sum(self.split_fractions) - 1.0) > 1e-9:
+            raise ValueError(f"key 'split_fractions': {self.split_fractions} must sum to 1")
+        if self.stage_sizes and len(self.stage_sizes) != len(self.stages):
+            raise ValueError(
+                f"key 'stage_sizes': {len(self.stage_sizes)} sizes for {len(self.stages)} stages"
+            )
+        if self.predictor_input_stage >= len(self.stages):
+            raise ValueError(
+                f"key 'predictor_input_stage': {self.predictor_input_stage} is not a stage index"
+            )
         names = [s.name for s in self.stages]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -222,6 +222,15 @@ def write_table(
     return _write_with_sidecar(Path(path), df.to_csv(index=False).encode("utf-8"), provenance)
 
 
+def write_parquet(
+    df: pd.DataFrame, path: str | os.PathLike[str], provenance: Mapping[str, Any]
+) -> Path:
+    """Write ``df`` as Parquet (no index) atomically, with its provenance sidecar."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return _write_with_sidecar(Path(path), buf.getvalue(), provenance)
+
+
 def save_figure(
     fig: Figure, path: str | os.PathLike[str], provenance: Mapping[str, Any], dpi: int = 150
 ) -> Path:

@@ -1,0 +1,237 @@
+"""Pipeline benchmark (issue 3): lossless escalation, its cost, acceptance, baselines, batching.
+
+    python -m asd_core.bench_pipeline --profile cpu                  # the table in the README
+    python -m asd_core.bench_pipeline --profile cpu --baselines --vllm-python <python with vLLM>
+
+Real test-split prompts from several tasks go through the profile's hierarchy, all in one run:
+
+(a) output at forced depth d (cascade 0→…→d, each hop verify + continue) is identical to M_d
+    alone, for batched verification and for ``exact_scoring``; each exception is listed with
+    M_d's own top-1/top-2 log-prob margin at the first differing token (a near-tie is small);
+(b) time to escalate from d−1 (verify + continue) ÷ M_d from scratch, per hop;
+(c) acceptance per hop: accepted tokens ÷ drafted tokens up to the first mismatch, mean
+    accepted length, share of drafts accepted whole;
+(d) with ``--baselines``: tokens/s of our route to the deepest stage's output (draft with the
+    stage below, then escalate) vs transformers assisted generation and vLLM speculative
+    decoding on the same pair;
+(e) throughput of the batched cascade ÷ the same cascade run one input at a time.
+
+Writes ``reports/tables/pipeline_benchmark.{csv,md}`` and ``pipeline_benchmark_items.csv``
+with provenance sidecars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from asd_core import config, reporting
+from asd_core.data import TASKS, load_task, mix
+from asd_core.errors import cli_entry
+from asd_core.models.base import Backend, GenerationParams
+from asd_core.models.registry import load_backend
+from asd_core.pipeline import Pipeline, Request, Trace
+from asd_core.policies import FixedDepth
+
+REPO = Path(__file__).resolve().parents[1]
+NEAR_TIE_NATS = 0.5  # margins below this are within the observed batched-vs-single logit noise
+
+
+def bench_requests(
+    data_dir: str | Path, tasks: Sequence[str], n_per_task: int, seed: int, max_new_tokens: int
+) -> list[Request]:
+    """Test-split prompts, ``n_per_task`` per task, with each task's stop strings."""
+    items = mix({t: load_task(t, data_dir) for t in tasks}, "test", n_per_task, seed)
+    return [
+        Request(
+            it.item_id,
+            it.task,
+            it.question,
+            GenerationParams(
+                max_new_tokens=min(TASKS[it.task].max_new_tokens, max_new_tokens),
+                stop_strings=TASKS[it.task].stop_strings,
+            ),
+        )
+        for it in items
+    ]
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """Index of the first position where ``a`` and ``b`` differ (a length difference counts)."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _set_exact(backends: Sequence[Backend], exact: bool) -> None:
+    for b in backends:
+        b.stage = b.stage.model_copy(update={"exact_scoring": exact})
+
+
+def hop_rows(mode: str, cascade: Sequence[Trace], alone: dict[int, list[Trace]]) -> pd.DataFrame:
+    """One row per (input, hop d−1 → d) of a cascade, compared with M_d alone."""
+    rows = []
+    for t in cascade:
+        for run in t.runs[1:]:
+            ref = alone[run.stage][[x.request.item_id for x in alone[run.stage]].index(t.request.item_id)]
+            ref_gen = ref.output
+            diff = first_difference(run.generation.token_ids, ref_gen.token_ids)
+            margin = np.nan
+            if diff is not None and diff < ref_gen.n_out and ref_gen.top_logprobs.shape[1] >= 2:
+                margin = float(ref_gen.top_logprobs[diff, 0] - ref_gen.top_logprobs[diff, 1])
+            rows.append(
+                {
+                    "mode": mode,
+                    "item_id": t.request.item_id,
+                    "task": t.request.task,
+                    "hop": f"{run.from_stage}→{run.stage}",
+                    "identical": diff is None,
+                    "first_difference": diff,
+                    "margin_at_difference": margin,
+                    "n_draft": run.n_draft,
+                    "n_accepted": run.n_accepted,
+                    "accepted_whole": run.n_draft > 0 and run.n_accepted == run.n_draft,
+                    "n_out": run.generation.n_out,
+                    "escalate_s": run.latency_s,
+                    "verify_s": run.verify_s,
+                    "continue_s": run.generate_s,
+                    "scratch_s": ref.runs[0].latency_s,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def summarise_hops(hops: pd.DataFrame) -> pd.DataFrame:
+    """(a)-(c) per mode and hop."""
+    out = []
+    for (mode, hop), g in hops.groupby(["mode", "hop"], sort=True):
+        exc = g[~g.identical]
+        out.append(
+            {
+                "mode": mode,
+                "hop": hop,
+                "n": len(g),
+                "(a) identical": f"{g.identical.mean():.1%}",
+                "(a) exceptions: max margin nats": (
+                    f"{exc.margin_at_difference.max():.3f}" if len(exc) else "-"
+                ),
+                "(b) escalate ÷ scratch (sum)": g.escalate_s.sum() / g.scratch_s.sum(),
+                "(b) median per input": float((g.escalate_s / g.scratch_s).median()),
+                "(c) accepted ÷ drafted": g.n_accepted.sum() / max(g.n_draft.sum(), 1),
+                "(c) mean accepted length": g.n_accepted.mean(),
+                "(c) accepted whole": f"{g.accepted_whole.mean():.1%}",
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def _throughput(traces: Sequence[Trace], seconds: float) -> float:
+    return sum(t.output.n_out for t in traces) / seconds
+
+
+def run(args: argparse.Namespace) -> None:
+    params = config.load([REPO / "params" / "base.yaml", REPO / "params" / f"{args.profile}.yaml"])
+    reqs = bench_requests(
+        REPO / params.data_dir, args.tasks, args.n_per_task, params.seed, args.max_new_tokens
+    )
+    print(f"[bench] {len(reqs)} prompts from {', '.join(args.tasks)}", flush=True)
+    backends = [load_backend(s, REPO / params.models_dir) for s in params.stages]
+    pipe = Pipeline(backends)
+    deepest = len(backends) - 1
+    try:
+        alone = {
+            d: pipe.run(reqs, FixedDepth(d, len(backends), route=True), progress=True)
+            for d in range(1, deepest + 1)
+        }
+        hops, walls, traces_by_mode = [], {}, {}
+        for mode in ("batched", "exact"):
+            _set_exact(backends, mode == "exact")
+            start = time.perf_counter()
+            traces = pipe.run(reqs, FixedDepth(deepest, len(backends)), progress=True)
+            walls[mode] = time.perf_counter() - start
+            traces_by_mode[mode] = traces
+            hops.append(hop_rows(mode, traces, alone))
+        _set_exact(backends, False)
+        start = time.perf_counter()
+        single = [pipe.run([r], FixedDepth(deepest, len(backends)))[0] for r in reqs]
+        one_at_a_time = time.perf_counter() - start
+    finally:
+        for b in backends:
+            b.close()
+    items = pd.concat(hops, ignore_index=True)
+    table = summarise_hops(items)
+    batched = traces_by_mode["batched"]
+    extra: dict[str, Any] = {
+        "(e) batched cascade tok/s": _throughput(batched, walls["batched"]),
+        "(e) one-at-a-time tok/s": _throughput(single, one_at_a_time),
+    }
+    extra["(e) ratio"] = extra["(e) batched cascade tok/s"] / extra["(e) one-at-a-time tok/s"]
+    same = sum(a.output.token_ids == b.output.token_ids for a, b in zip(batched, single, strict=True))
+    extra["(e) outputs identical batched vs single"] = f"{same}/{len(reqs)}"
+    if args.baselines:
+        extra |= baseline_ratios(params, reqs, args)
+    prov = reporting.provenance(params, params.seed, command=" ".join(sys.argv))
+    tables = REPO / params.reports_dir / "tables"
+    reporting.write_table(table, tables / "pipeline_benchmark.csv", prov)
+    reporting.write_table(items, tables / "pipeline_benchmark_items.csv", prov)
+    md = table.to_markdown(index=False, floatfmt=".3f") + "\n\n" + "\n".join(
+        f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in extra.items()
+    )
+    exc = items[~items.identical]
+    if len(exc):
+        md += "\n\nExceptions to (a):\n\n" + exc[
+            ["mode", "hop", "item_id", "first_difference", "margin_at_difference"]
+        ].to_markdown(index=False, floatfmt=".4f")
+    reporting.atomic_write_text(tables / "pipeline_benchmark.md", md + "\n")
+    print(md)
+
+
+def baseline_ratios(params: config.Params, reqs: Sequence[Request], args: argparse.Namespace) -> dict[str, Any]:
+    """(d): our route to the deepest stage's output vs two-model speculative decoding."""
+    from asd_core import baselines
+
+    target, drafter = params.stages[-1], params.stages[-2]
+    sub = list(reqs[: args.baseline_prompts])
+    prompts, gp = baselines.prompts_for(target, sub, REPO / params.models_dir)
+    ours = baselines.our_route(drafter, target, sub, REPO / params.models_dir)
+    out: dict[str, Any] = {"(d) prompts": len(sub), "(d) ours tok/s": ours}
+    hf = baselines.assisted_generation(target, drafter, prompts, gp, REPO / params.models_dir)
+    out["(d) transformers assisted tok/s"] = statistics.fmean(r.tokens_per_s for r in hf)
+    out["(d) ours ÷ assisted"] = ours / out["(d) transformers assisted tok/s"]
+    if args.vllm_python:
+        vl = baselines.vllm_spec_decode(
+            target, drafter, prompts, gp, REPO / params.models_dir, vllm_python=args.vllm_python
+        )
+        out["(d) vLLM spec decode tok/s"] = statistics.fmean(r.tokens_per_s for r in vl)
+        out["(d) ours ÷ vLLM spec"] = ours / out["(d) vLLM spec decode tok/s"]
+    return out
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m asd_core.bench_pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--tasks", nargs="+", default=["mmlu", "asdiv", "humaneval"])
+    parser.add_argument("--n-per-task", type=int, default=12)
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="cap on task budgets")
+    parser.add_argument("--baselines", action="store_true", help="also run (d)")
+    parser.add_argument("--baseline-prompts", type=int, default=8)
+    parser.add_argument("--vllm-python", default=None, help="interpreter that has vLLM, for (d)")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

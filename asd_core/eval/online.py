@@ -1,0 +1,134 @@
+"""Online confirmation of the replayed λ sweep (DESIGN §10): the real pipeline, real models.
+
+For a few λ values the adaptive policy runs through :class:`~asd_core.pipeline.Pipeline` on test
+inputs; each input's path and depth are compared with what replay over the cached generations
+decided, its measured latency with the replayed cost, and its output with the cached output of
+the stage it ended at (losslessness of the escalations, up to near-ties).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from asd_core.adaptive import AdaptivePolicy, PolicyModel
+from asd_core.config import StageConfig
+from asd_core.data import load_task
+from asd_core.errors import AsdError
+from asd_core.eval.replay import Beliefs, ReplayData, replay_adaptive
+from asd_core.models.base import GenerationParams
+from asd_core.models.registry import load_backend
+from asd_core.pipeline import Pipeline, Request
+
+
+def pick_inputs(test_df: pd.DataFrame, n: int, seed: int) -> list[str]:
+    """``n`` test item ids (all when fewer), a seeded sample in sorted order."""
+    ids = sorted(test_df["item_id"].unique())
+    if n >= len(ids):
+        return ids
+    chosen = np.random.default_rng(seed).choice(len(ids), size=n, replace=False)
+    return [ids[i] for i in sorted(chosen)]
+
+
+def requests_for(
+    manifest: Mapping[str, Any], data_dir: str | Path, item_ids: Sequence[str]
+) -> list[Request]:
+    """The pipeline requests of these items, with the settings data generation recorded."""
+    wanted = set(item_ids)
+    by_id = {}
+    sources = manifest.get("task_sources", {})
+    for task in manifest["tasks"]:
+        source = sources.get(task, "package")
+        for it in load_task(task, data_dir, None if source == "package" else source):
+            if it.item_id in wanted:
+                by_id[it.item_id] = it
+    missing = sorted(wanted - set(by_id))
+    if missing:
+        raise AsdError(f"online run: item '{missing[0]}' is not in the task data any more")
+    settings = {
+        t: GenerationParams(
+            max_new_tokens=g["max_new_tokens"],
+            stop_strings=tuple(g["stop_strings"]),
+            top_k=int(manifest.get("top_k", 2)),
+        )
+        for t, g in manifest["generation"].items()
+    }
+    return [Request(i, by_id[i].task, by_id[i].question, settings[by_id[i].task]) for i in item_ids]
+
+
+def confirm(
+    stages: Sequence[StageConfig],
+    manifest: Mapping[str, Any],
+    model: PolicyModel,
+    lambdas: Sequence[float],
+    test_df: pd.DataFrame,
+    n_inputs: int,
+    data_dir: str | Path,
+    models_dir: str | Path,
+    label_mode: str,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per (λ, input): online vs replayed path, depth, seconds, and output identity."""
+    K = len(stages)
+    if not lambdas or n_inputs == 0:
+        return pd.DataFrame()
+    ids = pick_inputs(test_df, n_inputs, seed)
+    sub = test_df[test_df["item_id"].isin(ids)]
+    data = ReplayData.from_frame(sub, K, label_mode)
+    beliefs = Beliefs.of(model, sub)
+    cached = {(r.item_id, r.stage): list(r.token_ids) for r in sub.itertuples()}
+    requests = requests_for(manifest, data_dir, data.item_ids)
+    backends = [load_backend(s, models_dir) for s in stages]
+    rows = []
+    try:
+        pipe = Pipeline(backends)
+        entry_tok = backends[model.predictor.config.input_stage].tokenizer
+        for lam in lambdas:
+            policy = AdaptivePolicy(model, lam, entry_tok)
+            traces = pipe.run(requests, policy, progress=progress)
+            replayed = replay_adaptive(policy, data, beliefs)
+            for i, t in enumerate(traces):
+                rows.append(
+                    {
+                        "lam": lam,
+                        "item_id": t.request.item_id,
+                        "task": t.request.task,
+                        "online_path": "→".join(map(str, t.path)),
+                        "replay_path": "→".join(map(str, replayed.paths[i])),
+                        "online_depth": t.depth,
+                        "replay_depth": int(replayed.depth[i]),
+                        "depth_agrees": t.depth == int(replayed.depth[i]),
+                        "path_agrees": tuple(t.path) == replayed.paths[i],
+                        "online_s": t.latency_s,
+                        "replay_s": float(replayed.cost_s[i]),
+                        "decision_s": t.decision_s,
+                        "output_equals_cached": t.output.token_ids
+                        == cached[(t.request.item_id, t.depth)],
+                    }
+                )
+    finally:
+        for b in backends:
+            b.close()
+    return pd.DataFrame(rows)
+
+
+def agreement_summary(online: pd.DataFrame) -> pd.DataFrame:
+    """Per λ: decision agreement, output identity, and the latency gap online ÷ replayed."""
+    return (
+        online.groupby("lam")
+        .agg(
+            inputs=("item_id", "size"),
+            depth_agreement=("depth_agrees", "mean"),
+            path_agreement=("path_agrees", "mean"),
+            outputs_equal_cached=("output_equals_cached", "mean"),
+            online_s=("online_s", "sum"),
+            replay_s=("replay_s", "sum"),
+        )
+        .assign(online_over_replay=lambda d: d["online_s"] / d["replay_s"])
+        .reset_index()
+    )
