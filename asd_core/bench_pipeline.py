@@ -23,7 +23,7 @@ with provenance sidecars.
 from __future__ import annotations
 
 import argparse
-import statistics
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -82,7 +82,9 @@ def hop_rows(mode: str, cascade: Sequence[Trace], alone: dict[int, list[Trace]])
     rows = []
     for t in cascade:
         for run in t.runs[1:]:
-            ref = alone[run.stage][[x.request.item_id for x in alone[run.stage]].index(t.request.item_id)]
+            ref = alone[run.stage][
+                [x.request.item_id for x in alone[run.stage]].index(t.request.item_id)
+            ]
             ref_gen = ref.output
             diff = first_difference(run.generation.token_ids, ref_gen.token_ids)
             margin = np.nan
@@ -175,7 +177,9 @@ def run(args: argparse.Namespace) -> None:
         "(e) one-at-a-time tok/s": _throughput(single, one_at_a_time),
     }
     extra["(e) ratio"] = extra["(e) batched cascade tok/s"] / extra["(e) one-at-a-time tok/s"]
-    same = sum(a.output.token_ids == b.output.token_ids for a, b in zip(batched, single, strict=True))
+    same = sum(
+        a.output.token_ids == b.output.token_ids for a, b in zip(batched, single, strict=True)
+    )
     extra["(e) outputs identical batched vs single"] = f"{same}/{len(reqs)}"
     if args.baselines:
         extra |= baseline_ratios(params, reqs, args)
@@ -183,8 +187,12 @@ def run(args: argparse.Namespace) -> None:
     tables = REPO / params.reports_dir / "tables"
     reporting.write_table(table, tables / "pipeline_benchmark.csv", prov)
     reporting.write_table(items, tables / "pipeline_benchmark_items.csv", prov)
-    md = table.to_markdown(index=False, floatfmt=".3f") + "\n\n" + "\n".join(
-        f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in extra.items()
+    md = (
+        table.to_markdown(index=False, floatfmt=".3f")
+        + "\n\n"
+        + "\n".join(
+            f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in extra.items()
+        )
     )
     exc = items[~items.identical]
     if len(exc):
@@ -195,24 +203,54 @@ def run(args: argparse.Namespace) -> None:
     print(md)
 
 
-def baseline_ratios(params: config.Params, reqs: Sequence[Request], args: argparse.Namespace) -> dict[str, Any]:
-    """(d): our route to the deepest stage's output vs two-model speculative decoding."""
+def baseline_ratios(
+    params: config.Params, reqs: Sequence[Request], args: argparse.Namespace
+) -> dict[str, Any]:
+    """(d): our route to the deepest stage's output vs two-model speculative decoding.
+
+    Same prompts and settings for all (``--baseline-tokens`` new tokens, no stop strings):
+    ours drafts with the stage below the deepest and escalates (verify + continue) on the
+    profile's runtime; the baselines run transformers assisted generation and vLLM
+    speculative decoding with the same two models, each beside its own target alone.
+    """
     from asd_core import baselines
 
+    models = REPO / params.models_dir
     target, drafter = params.stages[-1], params.stages[-2]
-    sub = list(reqs[: args.baseline_prompts])
-    prompts, gp = baselines.prompts_for(target, sub, REPO / params.models_dir)
-    ours = baselines.our_route(drafter, target, sub, REPO / params.models_dir)
-    out: dict[str, Any] = {"(d) prompts": len(sub), "(d) ours tok/s": ours}
-    hf = baselines.assisted_generation(target, drafter, prompts, gp, REPO / params.models_dir)
-    out["(d) transformers assisted tok/s"] = statistics.fmean(r.tokens_per_s for r in hf)
-    out["(d) ours ÷ assisted"] = ours / out["(d) transformers assisted tok/s"]
+    gp = GenerationParams(max_new_tokens=args.baseline_tokens)
+    sub = [dataclasses.replace(r, params=gp) for r in reqs[: args.baseline_prompts]]
+    K = len(params.stages)
+    backends = [load_backend(s, models) for s in params.stages]
+    try:
+        pipe = Pipeline(backends)
+        prompts = [pipe.prompt_ids(K - 1, r) for r in sub]
+        ours = pipe.run(sub, FixedDepth(K - 1, K, start=K - 2))
+        alone = pipe.run(sub, FixedDepth(K - 1, K, route=True))
+    finally:
+        for b in backends:
+            b.close()
+    out: dict[str, Any] = {"(d) prompts × new tokens": f"{len(sub)} × {gp.max_new_tokens}"}
+    out["(d) ours tok/s"] = _throughput(ours, sum(t.latency_s for t in ours))
+    out["(d) ours ÷ target alone"] = out["(d) ours tok/s"] / _throughput(
+        alone, sum(t.latency_s for t in alone)
+    )
+    runs = {
+        "transformers assisted": baselines.assisted_generation(target, drafter, prompts, gp, models)
+    }
     if args.vllm_python:
-        vl = baselines.vllm_spec_decode(
-            target, drafter, prompts, gp, REPO / params.models_dir, vllm_python=args.vllm_python
+        runs["vLLM spec decode"] = baselines.vllm_spec_decode(
+            target, drafter, prompts, gp, models, vllm_python=args.vllm_python
         )
-        out["(d) vLLM spec decode tok/s"] = statistics.fmean(r.tokens_per_s for r in vl)
-        out["(d) ours ÷ vLLM spec"] = ours / out["(d) vLLM spec decode tok/s"]
+    for name, res in runs.items():
+        tps = sum(len(r.token_ids) for r in res) / sum(r.seconds for r in res)
+        alone_tps = sum(len(r.target_token_ids or []) for r in res) / sum(
+            r.target_seconds or 0.0 for r in res
+        )
+        same = sum(a.identical for a in baselines.compare_with_target(res))
+        out[f"(d) {name} tok/s"] = tps
+        out[f"(d) {name} ÷ its target alone"] = tps / alone_tps
+        out[f"(d) {name}: outputs identical to its target"] = f"{same}/{len(res)}"
+        out[f"(d) ours ÷ {name}"] = out["(d) ours tok/s"] / tps
     return out
 
 
@@ -229,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="cap on task budgets")
     parser.add_argument("--baselines", action="store_true", help="also run (d)")
     parser.add_argument("--baseline-prompts", type=int, default=8)
+    parser.add_argument("--baseline-tokens", type=int, default=64)
     parser.add_argument("--vllm-python", default=None, help="interpreter that has vLLM, for (d)")
     run(parser.parse_args(argv))
 

@@ -47,15 +47,19 @@ def _check_stage(value: int, n_stages: int, what: str) -> int:
 
 
 class FixedDepth:
-    """Always end at stage ``depth``: cascade through every stage up to it, or go straight there."""
+    """Always end at stage ``depth``: cascade from ``start`` through every stage up to it, or
+    (``route``) go straight there."""
 
-    def __init__(self, depth: int, n_stages: int, route: bool = False):
+    def __init__(self, depth: int, n_stages: int, route: bool = False, start: int = 0):
         self.depth = _check_stage(depth, n_stages, "fixed depth")
+        self.start = self.depth if route else _check_stage(start, n_stages, "start")
+        if self.start > self.depth:
+            raise AsdError(f"fixed depth: start {start} is deeper than depth {depth}")
         self.route = route
-        self.name = f"{'route' if route else 'cascade'}_to_{depth}"
+        self.name = f"{'route' if route else 'cascade'}_{self.start}_to_{depth}"
 
     def entry(self, requests: Sequence[Request]) -> list[int]:
-        return [self.depth if self.route else 0] * len(requests)
+        return [self.start] * len(requests)
 
     def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
         return [stage + 1 if stage < self.depth else None for _ in traces]
