@@ -80,6 +80,18 @@ class Params(BaseModel):
         0.2,
     ]  # predictor-train / calibration / test shares (stable hash of the item id)
     label_mode: Literal["answer", "token"] = "answer"  # acceptance label the predictor learns
+    # -- data generation (notebook 02) --
+    datagen_train_per_task: Annotated[int, Field(ge=0)] = (
+        20  # items per task, train split (at most)
+    )
+    datagen_calibration_per_task: Annotated[int, Field(ge=0)] = 8  # calibration split (at most)
+    datagen_test_per_task: Annotated[int, Field(ge=0)] = 12  # test split (at most)
+    datagen_shard_size: PositiveInt = 4  # items per Parquet shard; a kill loses at most one shard
+    datagen_batch_size: PositiveInt = 1  # prompts per generate/score call; 1 = per-input latency
+    datagen_top_k: Annotated[int, Field(ge=2)] = 2  # alternatives kept per generated token
+    datagen_return_hidden: bool = False  # store each output's mean final-layer hidden state
+    datagen_max_new_tokens: Annotated[int, Field(ge=0)] = 0  # cap on task budgets; 0 = task's own
+    datagen_task_sources: dict[TaskName, str] = {}  # task: local file or hub id (not the package)
     # -- quality predictor (DESIGN §5) --
     predictor_hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [
         64,
@@ -112,6 +124,11 @@ class Params(BaseModel):
         10.0,
     ]  # confirmed online
     online_inputs: Annotated[int, Field(ge=0)] = 40  # test inputs run online per λ (0 = skip)
+    # -- analysis (notebook 05) --
+    analysis_bootstrap_resamples: PositiveInt = 1000  # bootstrap resamples per CI
+    analysis_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05  # Holm error rate; CIs are 1 − α
+    analysis_ci_method: Literal["percentile", "BCa", "basic"] = "percentile"  # bootstrap CI kind
+    headline_method: Annotated[str, Field(min_length=1)] = "dp"  # method of the headline table
     stage_sizes: list[PositiveFloat] = []  # parameters (billions) per stage, for the size-cost
     # ablation; empty = 1, 2, … K
 

@@ -1,0 +1,580 @@
+"""The generations dataset on tiny models: schema and labels, resume after SIGKILL, refusals.
+
+Stage 0 uses the BPE tokenizer and stages 1-2 the byte tokenizer, so 0 → 1 and 0 → 2 verify
+across tokenizers; stage 2 is stage 1's model under another name, so 1 → 2 verifies a model's
+own greedy output (accepted whole, up to near-ties) and exercises the "accepted" labels.
+Task data are small local files (no package index needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asd_core import datagen
+from asd_core.config import StageConfig
+from asd_core.data import Item, select, split_of
+from asd_core.errors import AsdError
+from asd_core.features import FeatureSet, StageView
+from asd_core.models.registry import load_backend
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = (
+    StageConfig(
+        name="bpe-1L",
+        source="tiny:layers:1,hidden:64,seed:5,tokenizer:bpe",
+        runtime="transformers",
+        dtype="float32",
+        context_length=512,
+    ),
+    StageConfig(
+        name="bytes-2L",
+        source="tiny:layers:2,hidden:64,seed:2",
+        runtime="transformers",
+        dtype="float32",
+        context_length=512,
+    ),
+    StageConfig(
+        name="bytes-2L-again",
+        source="tiny:layers:2,hidden:64,seed:2",
+        runtime="transformers",
+        dtype="float32",
+        context_length=512,
+    ),
+)
+TASKS = ("mmlu", "asdiv", "truthfulqa", "humaneval")
+N_ROWS = 30  # items per task file: every split has a few
+
+
+def write_task_files(folder: Path) -> dict[str, str]:
+    """Small local files in each task's schema; returns task -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mmlu = folder / "mmlu.csv"
+    with mmlu.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["question", "A", "B", "C", "D", "answer"])
+        for i in range(N_ROWS):
+            writer.writerow([f"What is {i} plus 1?", i + 1, i, i + 2, i * 2, "ABCD"[i % 4]])
+    asdiv = folder / "asdiv.jsonl"
+    asdiv.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question": f"Tom has {i} apples and gets 2 more. How many?",
+                    "answer": f"{i + 2} apples",
+                }
+            )
+            + "\n"
+            for i in range(N_ROWS)
+        ),
+        encoding="utf-8",
+    )
+    tqa = folder / "truthfulqa.jsonl"
+    tqa.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question": f"Is {i} even?",
+                    "answer": [f"{i} is {'even' if i % 2 == 0 else 'odd'}."],
+                }
+            )
+            + "\n"
+            for i in range(N_ROWS)
+        ),
+        encoding="utf-8",
+    )
+    humaneval = folder / "humaneval.jsonl"
+    humaneval.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": f'def f{i}(x):\n    """Return x plus {i}."""\n',
+                    "test": f"def check(candidate):\n    assert candidate(1) == {1 + i}\n",
+                    "entry_point": f"f{i}",
+                }
+            )
+            + "\n"
+            for i in range(N_ROWS)
+        ),
+        encoding="utf-8",
+    )
+    return {
+        "mmlu": str(mmlu),
+        "asdiv": str(asdiv),
+        "truthfulqa": str(tqa),
+        "humaneval": str(humaneval),
+    }
+
+
+def make_spec(sources: dict[str, str], **overrides: object) -> datagen.DatagenSpec:
+    fields: dict[str, object] = {
+        "profile": "test",
+        "stages": STAGES,
+        "tasks": TASKS,
+        "train_per_task": 3,
+        "calibration_per_task": 1,
+        "test_per_task": 2,
+        "seed": 3,
+        "shard_size": 2,
+        "batch_size": 2,
+        "max_new_tokens": 8,
+        "task_sources": sources,
+    }
+    fields.update(overrides)
+    return datagen.DatagenSpec(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_task_files(tmp_path_factory.mktemp("task-files"))
+
+
+@pytest.fixture(scope="module")
+def models(models_dir: Path) -> Path:
+    """The project's models folder: tiny models are built there once and reused."""
+    return models_dir
+
+
+@pytest.fixture(scope="module")
+def backends(models: Path) -> Iterator[list]:
+    loaded = [load_backend(s, models) for s in STAGES]
+    yield loaded
+    for b in loaded:
+        b.close()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One uninterrupted run of ``make_spec(sources)``."""
+
+    data_dir: Path  # its data_dir
+    df: pd.DataFrame  # its rows
+    n_shards: int  # shards it wrote
+    shard_s: float  # mean wall-clock s per shard (models already loaded)
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, sources: dict[str, str], backends: list
+) -> Reference:
+    data_dir = tmp_path_factory.mktemp("data-reference")
+    result = datagen.run(make_spec(sources), data_dir, backends=backends, progress=False)
+    assert result.shards_written == result.n_shards == math.ceil(result.n_items / 2)
+    df = datagen.load_generations(result.folder)
+    return Reference(data_dir, df, result.n_shards, result.seconds / result.n_shards)
+
+
+def one_line(excinfo: pytest.ExceptionInfo[AsdError]) -> str:
+    msg = str(excinfo.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal rows and values in every column but the timing ones (NaN equals NaN)."""
+    assert list(a.columns) == list(b.columns)
+    assert len(a) == len(b)
+    for column in a.columns:
+        if column in datagen.TIMING_COLUMNS:
+            continue
+        for i, (x, y) in enumerate(zip(a[column], b[column], strict=True)):
+            if x is None or y is None:
+                assert x is None and y is None, (column, i)
+            elif isinstance(x, np.ndarray | list):
+                np.testing.assert_array_equal(
+                    np.asarray(x), np.asarray(y), err_msg=f"{column}[{i}]"
+                )
+            elif isinstance(x, float) and math.isnan(x):
+                assert isinstance(y, float) and math.isnan(y), (column, i)
+            else:
+                assert x == y, (column, i, x, y)
+
+
+# -- schema and labels ----------------------------------------------------------------------------
+def test_schema_labels_and_features(reference: Reference) -> None:
+    df = reference.df
+    K = len(STAGES)
+    assert list(df.columns) == list(datagen.COLUMNS)
+    assert set(datagen.TIMING_COLUMNS) == {"latency_s", "prefill_s", "verify_s_by"}
+    assert len(df) == K * df["item_id"].nunique()
+    assert not df.duplicated(["item_id", "stage"]).any()
+    counts = df[df["stage"] == 0].groupby(["task", "split"]).size()
+    assert counts.to_dict() == {
+        (t, s): n for t in TASKS for s, n in (("train", 3), ("calibration", 1), ("test", 2))
+    }
+    assert (df["split"] == [split_of(i) for i in df["item_id"]]).all()
+    manifest = df.attrs["manifest"]
+    assert df.attrs["complete"] and manifest["profile"] == "test"
+    assert manifest["generation"]["mmlu"] == {"max_new_tokens": 8, "stop_strings": []}
+
+    features = FeatureSet(n_stages=K)
+    for item_id, rows in df.groupby("item_id", sort=False):
+        rows = rows.sort_values("stage")
+        final = rows.iloc[-1]
+        assert list(rows["stage"]) == list(range(K))
+        for k, row in enumerate(rows.itertuples(index=False)):
+            r = row._asdict()
+            n = r["n_out"]
+            assert r["n_stages"] == K and r["stage_name"] == STAGES[k].name
+            assert r["n_in"] == len(r["prompt_ids"]) and n == len(r["token_ids"])
+            for column in ("logprobs", "entropy", "top1_logprob", "top2_logprob"):
+                assert len(r[column]) == n, column
+            assert np.all(r["top1_logprob"] >= r["top2_logprob"])
+            assert np.all(r["logprobs"] <= r["top1_logprob"] + 1e-5)
+            assert r["hidden_mean"] is None
+            drafted, accepted = np.asarray(r["drafted_by"]), np.asarray(r["accepted_by"])
+            assert len(drafted) == len(accepted) == len(r["verify_s_by"]) == K
+            assert np.all(drafted[: k + 1] == -1) and np.all(accepted[: k + 1] == -1)
+            assert np.all(np.isnan(r["verify_s_by"][: k + 1]))
+            assert np.all((accepted[k + 1 :] >= 0) & (accepted[k + 1 :] <= drafted[k + 1 :]))
+            assert np.all(np.asarray(r["verify_s_by"][k + 1 :]) >= 0)
+            if k == K - 1:
+                assert (r["label_token"], r["label_answer"], r["accepted_frac_final"]) == (
+                    1,
+                    1,
+                    1.0,
+                )
+            else:
+                assert r["label_token"] == int(accepted[-1] == drafted[-1])
+                assert r["accepted_frac_final"] == pytest.approx(accepted[-1] / drafted[-1])
+            if r["text"] == final["text"]:
+                assert r["label_answer"] == 1
+            assert r["label_answer"] == int(r["answer"] == final["answer"])
+            if k == 0:
+                assert math.isnan(r["accepted_frac_prev"])
+            else:
+                prev = rows.iloc[k - 1]
+                frac = prev["accepted_by"][k] / prev["drafted_by"][k]
+                assert r["accepted_frac_prev"] == pytest.approx(frac)
+            assert r["correct"] in (0.0, 1.0)
+            assert math.isnan(r["rouge_l"]) == (r["task"] != "truthfulqa")
+            x = features.extract(StageView.from_row(r))
+            assert x.shape == (features.n_features,) and np.all(np.isfinite(x)), item_id
+    # stage 2 is stage 1's model: it accepts stage 1's own greedy output (near-ties aside)
+    same = df[df["stage"] == 1]
+    whole = [a[2] == d[2] for a, d in zip(same["accepted_by"], same["drafted_by"], strict=True)]
+    assert np.mean(whole) >= 0.75
+    assert same["label_token"].mean() >= 0.75
+
+
+def test_manifest_gives_the_online_requests(reference: Reference) -> None:
+    """eval.online rebuilds the pipeline requests from the manifest alone."""
+    from asd_core.eval.online import requests_for
+
+    manifest = datagen.read_manifest(datagen.generations_dir(reference.data_dir, "test"))
+    assert manifest is not None
+    ids = sorted(reference.df["item_id"].unique())
+    requests = requests_for(manifest, reference.data_dir, ids)
+    assert [r.item_id for r in requests] == ids
+    spec = make_spec({})
+    for r in requests:
+        assert r.params.max_new_tokens == spec.generation_params(r.task).max_new_tokens
+        assert r.params.stop_strings == spec.generation_params(r.task).stop_strings
+
+
+def test_summary_tables(reference: Reference) -> None:
+    df = reference.df
+    summary = datagen.summary_table(df)
+    assert len(summary) == len(TASKS) * len(STAGES)
+    assert (summary.loc[summary["stage"] == 2, "answer_accept_rate"] == 1.0).all()
+    hops = datagen.hop_table(df)
+    assert len(hops) == len(TASKS) * 3  # hops 0→1, 0→2, 1→2
+    assert (hops["mean_accepted"] <= hops["mean_drafted"]).all()
+
+
+def test_hidden_states_when_asked(sources: dict[str, str], backends: list, tmp_path: Path) -> None:
+    spec = make_spec(
+        sources,
+        tasks=("truthfulqa",),
+        task_sources={"truthfulqa": sources["truthfulqa"]},
+        train_per_task=1,
+        calibration_per_task=0,
+        test_per_task=0,
+        return_hidden=True,
+    )
+    result = datagen.run(spec, tmp_path, backends=backends, progress=False)
+    df = datagen.load_generations(result.folder)
+    assert [len(h) for h in df["hidden_mean"]] == [64, 64, 64]  # the tiny models' width
+    assert all(np.all(np.isfinite(h)) for h in df["hidden_mean"])
+
+
+# -- resuming -------------------------------------------------------------------------------------
+def _shards(folder: Path) -> int:
+    return len(list(folder.glob(datagen.SHARD_GLOB)))
+
+
+def test_kill_and_resume_gives_identical_rows(
+    tmp_path: Path, sources: dict[str, str], models: Path, reference: Reference
+) -> None:
+    """SIGKILL a generating process five times at random points; resumed rows equal reference."""
+    spec = make_spec(sources)  # the reference's parameters: batches are the same
+    spec_path = tmp_path / "spec.json"
+    fields = {k: v for k, v in vars(spec).items() if k != "stages"}
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    spec_path.write_text(
+        json.dumps({**fields, "stages": [s.model_dump() for s in STAGES]}), encoding="utf-8"
+    )
+    data_dir = tmp_path / "data"
+    folder = datagen.generations_dir(data_dir, spec.profile)
+    log = tmp_path / "log.txt"
+    command = [
+        sys.executable,
+        "-m",
+        "asd_core.datagen",
+        str(spec_path),
+        "--data-dir",
+        str(data_dir),
+        "--models-dir",
+        str(models),
+        "--no-progress",
+    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                command,
+                cwd=REPO,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+
+    # Kill after a random number of complete shards (increasing, so every round makes progress)
+    # plus a random fraction of a shard's time: mid-generation or while a shard is written.
+    rng = random.Random(20240607)
+    targets = sorted(rng.sample(range(1, reference.n_shards - 2), 5))
+    for target in targets:
+        proc = start()
+        deadline = time.monotonic() + 120
+        while _shards(folder) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.9) * reference.shard_s)
+        assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # the process group this test started, by id
+        proc.wait()
+    assert targets[-1] <= _shards(folder) < reference.n_shards
+    proc = start()
+    assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-2000:]
+    assert not list(folder.glob(".shard-*"))  # no half-written shard left behind
+    resumed = datagen.load_generations(folder)
+    assert resumed.attrs["complete"]
+    assert_same_rows(reference.df, resumed)
+
+
+def test_finished_folder_is_kept_as_is(
+    reference: Reference, sources: dict[str, str], backends: list
+) -> None:
+    data_dir = reference.data_dir
+    folder = datagen.generations_dir(data_dir, "test")
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    result = datagen.run(make_spec(sources), data_dir, backends=backends, progress=False)
+    assert (result.shards_written, result.shards_skipped) == (0, result.n_shards)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+# -- refusals -------------------------------------------------------------------------------------
+def _copy(reference: Reference, tmp_path: Path, profile: str) -> tuple[Path, Path]:
+    data_dir = tmp_path / "data"
+    folder = datagen.generations_dir(data_dir, profile)
+    shutil.copytree(datagen.generations_dir(reference.data_dir, "test"), folder)
+    return data_dir, folder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_folder_of_another_profile_is_refused(
+    reference: Reference, sources: dict[str, str], tmp_path: Path
+) -> None:
+    data_dir, folder = _copy(reference, tmp_path, "other")
+    before = _snapshot(folder)
+    with pytest.raises(datagen.DatagenError) as excinfo:
+        datagen.run(make_spec(sources, profile="other"), data_dir, progress=False)
+    msg = one_line(excinfo)
+    assert str(folder) in msg and "'profile'" in msg
+    assert _snapshot(folder) == before
+
+    # the command line says the same in one line on stderr and exits 2
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "profile": "other",
+                "stages": [s.model_dump() for s in STAGES],
+                "tasks": list(TASKS),
+                "train_per_task": 3,
+                "calibration_per_task": 1,
+                "test_per_task": 2,
+                "seed": 3,
+            }
+        ),
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "asd_core.datagen", str(spec), "--data-dir", str(data_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("asd: error: ")
+    assert "'profile'" in done.stderr
+    assert _snapshot(folder) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"shard_size": 3}, "'shard_size'"),
+        ({"max_new_tokens": 9}, "'generation.mmlu.max_new_tokens'"),
+        ({"test_per_task": 1}, "'per_task.test'"),
+        (
+            {"stages": (*STAGES[:2], STAGES[2].model_copy(update={"dtype": "bfloat16"}))},
+            "'stages[2].dtype'",
+        ),
+    ],
+)
+def test_other_content_parameters_are_refused(
+    reference: Reference,
+    sources: dict[str, str],
+    tmp_path: Path,
+    change: dict[str, object],
+    key: str,
+) -> None:
+    data_dir, folder = _copy(reference, tmp_path, "test")
+    before = _snapshot(folder)
+    with pytest.raises(datagen.DatagenError) as excinfo:
+        datagen.run(make_spec(sources, **change), data_dir, progress=False)
+    assert key in one_line(excinfo)
+    assert _snapshot(folder) == before
+
+
+def test_broken_shard_is_named_not_overwritten(
+    reference: Reference, sources: dict[str, str], tmp_path: Path, backends: list
+) -> None:
+    data_dir, folder = _copy(reference, tmp_path, "test")
+    broken = datagen.shard_path(folder, 1)
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(datagen.DatagenError) as excinfo:
+        datagen.run(make_spec(sources), data_dir, backends=backends, progress=False)
+    assert str(broken) in one_line(excinfo)
+    assert broken.read_bytes() == b"not parquet"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"train_per_task": 0, "calibration_per_task": 0, "test_per_task": 0},
+        {"tasks": (), "task_sources": {}},
+    ],
+)
+def test_empty_selection_is_one_error(
+    sources: dict[str, str], tmp_path: Path, change: dict[str, object]
+) -> None:
+    with pytest.raises(datagen.DatagenError) as excinfo:
+        datagen.run(make_spec(sources, **change), tmp_path, progress=False)
+    assert "selection is empty" in one_line(excinfo)
+    assert not (tmp_path / "generations").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"top_k": 1}, "datagen_top_k"),
+        ({"shard_size": 0}, "datagen_shard_size"),
+        ({"tasks": ("mmlu", "mmlu"), "task_sources": {}}, "tasks"),
+        ({"split_fractions": (0.5, 0.5, 0.5)}, "sum to 1"),
+        ({"tasks": ("squad",), "task_sources": {}}, "squad"),
+        ({"task_sources": {"gsm8k": "x.jsonl"}}, "datagen_task_sources"),
+    ],
+)
+def test_bad_spec_is_one_error(
+    sources: dict[str, str], change: dict[str, object], key: str
+) -> None:
+    with pytest.raises(AsdError) as excinfo:
+        make_spec(sources, **change)
+    assert key in one_line(excinfo)
+
+
+def test_from_params_reads_flat_keys() -> None:
+    params = {
+        "profile": "smoke",
+        "seed": 4,
+        "stages": [s.model_dump() for s in STAGES],
+        "tasks": ["mmlu"],
+        "split_fractions": [0.5, 0.25, 0.25],
+        "datagen_train_per_task": 3,
+        "datagen_calibration_per_task": 1,
+        "datagen_test_per_task": 2,
+        "datagen_max_new_tokens": 8,
+    }
+    spec = datagen.DatagenSpec.from_params(params)
+    assert spec.stages == STAGES and spec.seed == 4 and spec.per_split["train"] == 3
+    assert spec.tasks == ("mmlu",) and spec.split_fractions == (0.5, 0.25, 0.25)
+    assert spec.generation_params("mmlu").max_new_tokens == 8
+    assert spec.generation_params("mmlu").top_k == 2
+    with pytest.raises(datagen.DatagenError, match="datagen_shards"):
+        datagen.DatagenSpec.from_params({**params, "datagen_shards": 3})
+
+
+def test_load_generations_errors(tmp_path: Path) -> None:
+    with pytest.raises(datagen.DatagenError) as excinfo:
+        datagen.load_generations(tmp_path / "missing")
+    assert "no generations folder" in one_line(excinfo)
+    with pytest.raises(datagen.DatagenError) as excinfo:
+        datagen.load_generations(tmp_path)
+    assert "no generated rows" in one_line(excinfo)
+
+
+# -- sampling -------------------------------------------------------------------------------------
+ITEMS = [Item(item_id=f"mmlu/{i:06d}", task="mmlu", question=f"q{i}") for i in range(60)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 12), seed=st.integers(0, 2**32 - 1))
+def test_sampling_is_select_when_everything_fits(n: int, seed: int) -> None:
+    pool = [it for it in ITEMS if split_of(it.item_id) == "train"]
+    chosen, passed = datagen.sample_fitting(pool, n, seed, lambda item: True)
+    assert chosen == select(ITEMS, "train", n, seed) and passed == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 60), seed=st.integers(0, 2**32 - 1))
+def test_sampling_skips_what_does_not_fit(n: int, seed: int) -> None:
+    fits = lambda item: int(item.item_id[-2:]) % 3 != 0  # noqa: E731
+    chosen, passed = datagen.sample_fitting(ITEMS, n, seed, fits)
+    assert len(chosen) == min(n, 40) and all(map(fits, chosen))
+    assert chosen == sorted(chosen, key=lambda it: it.item_id)  # pool order
+    bigger, _ = datagen.sample_fitting(ITEMS, min(n + 5, 60), seed, fits)
+    assert set(it.item_id for it in chosen) <= set(it.item_id for it in bigger)
+    assert passed >= 0
+
+
+def test_items_without_gold_get_an_answer_key_and_no_quality() -> None:
+    question = "Pick one.\n\nA. red\nB. blue\nC. green\nD. black\n\nAnswer with the letter."
+    unlabelled = Item(item_id="mmlu/000001", task="mmlu", question=question)
+    score = datagen._quality(datagen.Entry(unlabelled, "train"), "The answer is B.", None)
+    assert score.extracted == "B" and math.isnan(score.correct)
+    labelled = Item(item_id="mmlu/000002", task="mmlu", question=question, answer="B")
+    score = datagen._quality(datagen.Entry(labelled, "train"), "The answer is B.", None)
+    assert (score.extracted, score.correct) == ("B", 1.0)
