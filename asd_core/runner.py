@@ -48,11 +48,13 @@ def run_notebook(
     partial = out_dir / f".{name}.running.ipynb"
     start = time.perf_counter()
     print(f"[runner] {name}: papermill -f {' -f '.join(map(str, param_files))}", flush=True)
+    # only what the notebook declares: papermill would inject (and warn about) every other key
+    declared = set(pm.inspect_notebook(str(source)))
     try:
         pm.execute_notebook(
             str(source),
             str(partial),
-            parameters=merged,
+            parameters={k: v for k, v in merged.items() if k in declared},
             cwd=str(source.parent),
             kernel_name="python3",
             progress_bar=sys.stderr.isatty(),

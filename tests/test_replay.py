@@ -123,6 +123,21 @@ def test_adaptive_policy_decides_like_its_replay(
         )
 
 
+@pytest.mark.parametrize("beta", [0.5, 0.2])
+def test_scalar_belief_bin_equals_the_vectorised_one(
+    model: adaptive.PolicyModel, beta: float
+) -> None:
+    import dataclasses
+
+    m = dataclasses.replace(model, risk=adaptive.RiskSettings(alpha=7.0, beta=beta, n_max=500.0))
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        stage, mean, var = int(rng.integers(0, K)), float(rng.random()), float(rng.random() * 0.05)
+        p = adaptive.adjusted(m.prior, m.risk, np.array([mean]), np.array([var]), np.array([stage]))
+        expected = int(stopping.belief_bins(p, m.n_bins)[0])
+        assert adaptive.belief_bin_one(m, stage, mean, var) == expected
+
+
 def test_decision_overhead_and_cost_table(gens: pd.DataFrame, model: adaptive.PolicyModel) -> None:
     test = gens[gens["split"] == "test"].head(30)
     over = adaptive.decision_overhead(model, 1.0, test, repeats=1)
