@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,10 @@ from asd_core.errors import AsdError
 from asd_core.features import StageView
 from asd_core.models.common import chat_prompt_ids
 from asd_core.predictor import LABEL_COLUMNS, QualityPredictor, entry_features
+
+CostSource = Literal[
+    "measured", "flops"
+]  # seconds measured, or a deterministic size × tokens proxy
 
 if TYPE_CHECKING:
     from asd_core.pipeline import Request, Trace
@@ -78,14 +82,21 @@ def _by_item(df: pd.DataFrame, n_stages: int) -> pd.DataFrame:
     return df.sort_values(["item_id", "stage"], kind="stable").reset_index(drop=True)
 
 
-def per_input_costs(df: pd.DataFrame, n_stages: int) -> tuple[np.ndarray, np.ndarray]:
-    """Measured seconds per input: (N, K) from scratch and (N, K, K) escalations k → j.
+def per_input_costs(
+    df: pd.DataFrame, n_stages: int, source: CostSource = "measured", sizes: Sequence[float] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cost per input: (N, K) from scratch and (N, K, K) escalations k → j (j > k).
+
+    ``source`` "measured" (the default) gives seconds; "flops" a deterministic proxy for
+    profiles whose timings are noise (``smoke``): see :func:`flops_costs`.
 
     Escalating y_k to stage j costs the verification pass (measured, ``verify_s_by[j]`` of the
     stage-k row) plus one decode step of M_j per token it writes after the accepted prefix,
     at this input's own decode rate of M_j (its from-scratch generation time after prefill per
     token). Items come in sorted order (see :func:`item_ids`).
     """
+    if source == "flops":
+        return flops_costs(df, n_stages, sizes)
     df = _by_item(df, n_stages)
     K, N = n_stages, len(df) // n_stages
     lat = df["latency_s"].to_numpy(float).reshape(N, K)
@@ -104,6 +115,32 @@ def per_input_costs(df: pd.DataFrame, n_stages: int) -> tuple[np.ndarray, np.nda
             todo = np.maximum(n_out[:, j] - accepted[:, k, j], 0.0)
             esc[:, k, j] = verify[:, k, j] + todo * rate[:, j]
     return lat, esc
+
+
+def flops_costs(
+    df: pd.DataFrame, n_stages: int, sizes: Sequence[float] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic cost proxy: model size × tokens processed (prompt + output), per input.
+
+    From scratch stage k processes its prompt and output; escalating k → j processes M_j's
+    prompt plus the draft (verification) and the tokens it writes after the accepted prefix.
+    Unitless (billions of parameters × tokens); ``sizes`` default to 1, 2, … K.
+    """
+    df = _by_item(df, n_stages)
+    K, N = n_stages, len(df) // n_stages
+    size = np.asarray(sizes if len(sizes) else np.arange(1, K + 1), float)
+    n_in = df["n_in"].to_numpy(float).reshape(N, K)
+    n_out = df["n_out"].to_numpy(float).reshape(N, K)
+    drafted = np.stack(df["drafted_by"].map(lambda v: np.asarray(v, float)).to_numpy())
+    accepted = np.stack(df["accepted_by"].map(lambda v: np.asarray(v, float)).to_numpy())
+    drafted, accepted = drafted.reshape(N, K, K), accepted.reshape(N, K, K)
+    scratch = size * (n_in + n_out)
+    esc = np.full((N, K, K), np.nan)
+    for k in range(K):
+        for j in range(k + 1, K):
+            todo = np.maximum(n_out[:, j] - accepted[:, k, j], 0.0)
+            esc[:, k, j] = size[j] * (n_in[:, j] + drafted[:, k, j] + todo)
+    return scratch, esc
 
 
 def item_ids(df: pd.DataFrame) -> list[str]:
@@ -172,6 +209,8 @@ def fit_policy_model(
     risk: RiskSettings,
     n_bins: int = 20,
     smoothing: float = 1.0,
+    cost_source: CostSource = "measured",
+    sizes: Sequence[float] = (),
 ) -> PolicyModel:
     """Estimate priors, transitions, bin values and costs on the predictor-train split."""
     K = predictor.features.n_stages
@@ -187,7 +226,7 @@ def fit_policy_model(
         n_bins,
         smoothing,
     )
-    scratch, esc = per_input_costs(df, K)
+    scratch, esc = per_input_costs(df, K, cost_source, sizes)
     upper = np.triu(np.ones((K, K), bool), 1)  # only moves to deeper stages exist
     escalate_s = np.zeros((K, K))
     escalate_s[upper] = esc[:, upper].mean(axis=0)

@@ -117,6 +117,9 @@ class Params(BaseModel):
     belief_bins: PositiveInt = 20  # belief bins B of the DP
     transition_smoothing: PositiveFloat = 1.0  # pseudo-count per transition cell
     cost_mode: Literal["table", "per_input"] = "table"  # solved table, or re-solve per input
+    # what replay and the solver count as cost: measured seconds, or size × tokens (deterministic,
+    # for profiles whose timings are noise, like smoke)
+    cost_source: Literal["measured", "flops"] = "measured"
     # -- evaluation (DESIGN §10) --
     eval_seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [1, 2, 3, 4, 5]
     online_lambdas: Annotated[list[PositiveFloat], Field(min_length=1)] = [

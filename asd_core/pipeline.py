@@ -138,10 +138,15 @@ class AcceptanceMetrics:
 class Pipeline:
     """A hierarchy of loaded stages (cheapest first) that answers requests under a policy."""
 
-    def __init__(self, backends: Sequence[Backend], *, clock: Clock = time.perf_counter):
+    def __init__(
+        self, backends: Sequence[Backend], *, batch_size: int = 8, clock: Clock = time.perf_counter
+    ):
         if not backends:
             raise AsdError("pipeline: no stages")
+        if batch_size < 1:
+            raise AsdError(f"pipeline: batch_size must be ≥ 1, got {batch_size}")
         self.backends = list(backends)
+        self.batch_size = batch_size  # inputs per backend call (progress advances per call)
         self.clock = clock
         self.keys = [tokenizer_key(b.tokenizer) for b in self.backends]  # same key: same ids
 
@@ -192,12 +197,20 @@ class Pipeline:
                 )
             traces.append(Trace(req, int(s), decision_s=share))
             at[int(s)].append(i)
-        bar = tqdm(total=n, desc=f"pipeline ({policy.name})", disable=not progress, unit="input")
         for stage in range(self.n_stages):
             idx = at.pop(stage, [])
             if not idx:
                 continue
-            self._run_stage(stage, [traces[i] for i in idx])
+            with tqdm(
+                total=len(idx),
+                desc=f"{policy.name}: stage {stage}",
+                disable=not progress,
+                unit="input",
+            ) as bar:
+                for c in range(0, len(idx), self.batch_size):
+                    chunk = idx[c : c + self.batch_size]
+                    self._run_stage(stage, [traces[i] for i in chunk])
+                    bar.update(len(chunk))
             start = self.clock()
             choices = list(policy.next_stage(stage, [traces[i] for i in idx]))
             share = (self.clock() - start) / len(idx)
@@ -208,11 +221,8 @@ class Pipeline:
             for i, c in zip(idx, choices, strict=True):
                 traces[i].decision_s += share
                 nxt = self._next(stage, c, requests[i].item_id)
-                if nxt is None:
-                    bar.update(1)
-                else:
+                if nxt is not None:
                     at[nxt].append(i)
-        bar.close()
         return traces
 
     def _run_stage(self, stage: int, traces: Sequence[Trace]) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from asd_core import config
+from asd_core import config, runlog
 from asd_core.errors import AsdError, cli_entry
 from asd_core.reporting import atomic_write_text
 
@@ -83,8 +83,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     files = [REPO / "params" / "base.yaml", REPO / "params" / f"{args.profile}.yaml"]
     out_dir = REPO / "reports" / "runs" / args.profile
-    for name in args.notebooks:
-        run_notebook(name, files, out_dir)
+    merged, origin = config.merge_files(files)
+    params = config.validate(merged, origin).model_dump(mode="json")
+    usages: list[runlog.NotebookUsage] = []
+    try:
+        for name in args.notebooks:
+            with runlog.track(name) as usage:
+                usages.append(usage)
+                run_notebook(name, files, out_dir)
+    finally:  # a failed run still logs what ran, up to the failure
+        log = runlog.write(out_dir, args.profile, params, usages)
+        print(f"[runner] run log: {log} and {log.with_suffix('.md')}", flush=True)
 
 
 if __name__ == "__main__":

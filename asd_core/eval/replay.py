@@ -21,6 +21,7 @@ import pandas as pd
 from asd_core import stopping
 from asd_core.adaptive import (
     AdaptivePolicy,
+    CostSource,
     PolicyModel,
     belief_table,
     entry_beliefs,
@@ -55,8 +56,15 @@ class ReplayData:
         return self.scratch_s.shape[1]
 
     @classmethod
-    def from_frame(cls, df: pd.DataFrame, n_stages: int, label_mode: str) -> ReplayData:
-        scratch, esc = per_input_costs(df, n_stages)
+    def from_frame(
+        cls,
+        df: pd.DataFrame,
+        n_stages: int,
+        label_mode: str,
+        cost_source: CostSource = "measured",
+        sizes: Sequence[float] = (),
+    ) -> ReplayData:
+        scratch, esc = per_input_costs(df, n_stages, cost_source, sizes)
         df = df.sort_values(["item_id", "stage"], kind="stable")
         shape = (-1, n_stages)
         return cls(

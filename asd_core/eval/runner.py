@@ -34,7 +34,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from asd_core import stopping
-from asd_core.adaptive import PolicyModel, RiskSettings, fit_policy_model, size_based_costs
+from asd_core.adaptive import (
+    CostSource,
+    PolicyModel,
+    RiskSettings,
+    fit_policy_model,
+    size_based_costs,
+)
 from asd_core.errors import AsdError
 from asd_core.eval.replay import (
     Beliefs,
@@ -71,6 +77,7 @@ class EvalSettings:
     smoothing: float = 1.0  # transition pseudo-count
     stage_sizes: tuple[float, ...] = ()  # parameters (billions) per stage, for dp_size_costs
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # predictor training
+    cost_source: CostSource = "measured"  # seconds as measured, or the size × tokens proxy
 
 
 Family = Callable[[float, ReplayData, np.ndarray], Replayed]  # threshold, data, scores
@@ -153,8 +160,9 @@ def evaluate(
     for name, part in splits.items():
         if part.empty:
             raise AsdError(f"evaluation: the generations have no '{name}' rows")
-    test = ReplayData.from_frame(splits["test"], K, settings.label_mode)
-    cal = ReplayData.from_frame(splits["calibration"], K, settings.label_mode)
+    src, sizes = settings.cost_source, settings.stage_sizes
+    test = ReplayData.from_frame(splits["test"], K, settings.label_mode, src, sizes)
+    cal = ReplayData.from_frame(splits["calibration"], K, settings.label_mode, src, sizes)
     out: list[pd.DataFrame] = []
     deepest_cost = test.scratch_s[:, -1].mean()
     cal_deepest = cal.scratch_s[:, -1].mean()
@@ -180,7 +188,13 @@ def evaluate(
             seed,
         )
         model = fit_policy_model(
-            predictor, splits["train"], settings.risk, settings.n_bins, settings.smoothing
+            predictor,
+            splits["train"],
+            settings.risk,
+            settings.n_bins,
+            settings.smoothing,
+            src,
+            sizes,
         )
         beliefs = Beliefs.of(model, splits["test"])
         info["seeds"][seed] = {"costs": model.costs.tolist(), "prior": model.prior.tolist()}
@@ -206,7 +220,13 @@ def evaluate(
                 out.append(_rows(name, budget, seed, test, run(t, test, st)))
         # the DP policy and its ablations, every λ
         no_risk = fit_policy_model(
-            predictor, splits["train"], RiskSettings(alpha=0.0), settings.n_bins, settings.smoothing
+            predictor,
+            splits["train"],
+            RiskSettings(alpha=0.0),
+            settings.n_bins,
+            settings.smoothing,
+            src,
+            sizes,
         )
         heur_model, _ = _heuristic_model(
             model, splits["train"], settings.n_bins, settings.smoothing
@@ -237,6 +257,7 @@ def evaluate(
                 out.append(_rows(name, lam, seed, test, dp_policy(test, b, table, m.n_bins)))
     results = pd.concat(out, ignore_index=True)
     results["cost_rel"] = results["cost"] / deepest_cost
+    results.attrs["cost_source"] = src
     return results, info
 
 
@@ -256,4 +277,5 @@ def results_settings(params: Any, stage_sizes: Sequence[float] = ()) -> EvalSett
         smoothing=values.get("transition_smoothing", 1.0),
         stage_sizes=tuple(stage_sizes),
         train=TrainConfig.from_params(values),
+        cost_source=values.get("cost_source", "measured"),
     )

@@ -1,0 +1,163 @@
+"""The run log of a profile run: what a paper's reproducibility appendix needs (DESIGN §11).
+
+``reports/runs/<profile>/run_log.json`` and a readable ``run_log.md``: the environment (package
+versions, CPU, memory, GPUs, git commit, the merged parameters), then per notebook its start,
+end and wall time, the peak resident memory of the notebook's kernel (sampled), its CPU-hours
+and, when ``nvidia-smi`` is present, GPU-hours and energy integrated from sampled power draw.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from asd_core.reporting import atomic_write_text, provenance
+
+SAMPLE_S = 0.5  # seconds between memory/power samples
+
+
+@dataclass
+class NotebookUsage:
+    """Resources one notebook used."""
+
+    notebook: str  # notebook name, e.g. 02_data_generation
+    started_utc: str  # ISO time the run started
+    ended_utc: str = ""  # ISO time it ended
+    wall_s: float = 0.0  # wall-clock seconds
+    ok: bool = False  # finished without error
+    peak_rss_gib: float = 0.0  # largest sampled resident memory of this process + children, GiB
+    cpu_hours: float = 0.0  # user + system CPU time of this process and its children, hours
+    gpu_hours: float = 0.0  # wall time × GPUs visible (0 without nvidia-smi)
+    gpu_energy_wh: float = 0.0  # integral of sampled GPU power draw, watt-hours
+    notes: list[str] = field(default_factory=list)  # anything unusual (e.g. sampling failed)
+
+
+def _gpu_power_w() -> list[float]:
+    """Current power draw of every GPU in watts; [] without nvidia-smi."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=power.draw", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        return [float(x) for x in out.split() if x.replace(".", "", 1).isdigit()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@contextmanager
+def track(name: str) -> Iterator[NotebookUsage]:
+    """Measure the block (a notebook run) by sampling in a background thread."""
+    proc = psutil.Process()
+    usage = NotebookUsage(name, datetime.now(UTC).isoformat(timespec="seconds"))
+    stop = threading.Event()
+    peak = [0]
+    energy = [0.0]
+    n_gpus = [0]
+
+    def sample() -> None:
+        last = time.monotonic()
+        while not stop.wait(SAMPLE_S):
+            peak[0] = max(peak[0], _tree_rss(proc))
+            now = time.monotonic()
+            power = _gpu_power_w()
+            n_gpus[0] = max(n_gpus[0], len(power))
+            energy[0] += sum(power) * (now - last) / 3600.0
+            last = now
+
+    cpu0, start = _cpu_seconds(proc), time.monotonic()
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield usage
+        usage.ok = True
+    finally:
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], _tree_rss(proc))
+        usage.wall_s = time.monotonic() - start
+        usage.ended_utc = datetime.now(UTC).isoformat(timespec="seconds")
+        usage.peak_rss_gib = peak[0] / 2**30
+        usage.cpu_hours = (_cpu_seconds(proc) - cpu0) / 3600.0
+        usage.gpu_hours = usage.wall_s * n_gpus[0] / 3600.0
+        usage.gpu_energy_wh = energy[0]
+
+
+def write(
+    out_dir: Path, profile: str, params: Mapping[str, Any], usages: list[NotebookUsage]
+) -> Path:
+    """Write ``run_log.json`` and ``run_log.md`` into ``out_dir``; returns the JSON path."""
+    env = provenance(params, int(params.get("seed", 0)), command=f"run_all.sh {profile}")
+    record = {
+        "profile": profile,
+        "environment": env,
+        "params": dict(params),
+        "notebooks": [asdict(u) for u in usages],
+        "total_wall_s": sum(u.wall_s for u in usages),
+        "total_cpu_hours": sum(u.cpu_hours for u in usages),
+        "total_gpu_hours": sum(u.gpu_hours for u in usages),
+    }
+    path = out_dir / "run_log.json"
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "run_log.md", markdown(record))
+    return path
+
+
+def markdown(record: Mapping[str, Any]) -> str:
+    """The run log as a short readable page."""
+    env = record["environment"]
+    hw = env.get("hardware", {})
+    lines = [
+        f"# Run log: profile `{record['profile']}`",
+        "",
+        f"- git commit: `{env.get('git_commit')}`{' (dirty)' if env.get('git_dirty') else ''}",
+        f"- params digest: `{env.get('params_digest')}`, seed {env.get('seed')}",
+        f"- CPU: {hw.get('cpu')} ({hw.get('cores_usable')} usable cores), RAM "
+        f"{(hw.get('ram_bytes') or 0) / 2**30:.1f} GiB, GPUs: {hw.get('gpus') or 'none'}",
+        f"- platform: {hw.get('platform')}",
+        f"- total wall time {record['total_wall_s'] / 60:.1f} min, "
+        f"{record['total_cpu_hours']:.2f} CPU-hours, {record['total_gpu_hours']:.2f} GPU-hours",
+        "",
+        "| notebook | start (UTC) | wall | peak RSS GiB | CPU-hours | GPU-hours | GPU energy Wh | ok |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for u in record["notebooks"]:
+        lines.append(
+            f"| {u['notebook']} | {u['started_utc']} | {u['wall_s'] / 60:.1f} min | "
+            f"{u['peak_rss_gib']:.2f} | {u['cpu_hours']:.3f} | {u['gpu_hours']:.3f} | "
+            f"{u['gpu_energy_wh']:.1f} | {'yes' if u['ok'] else 'FAILED'} |"
+        )
+    pk = env.get("packages", {})
+    lines += ["", "Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items())), ""]
+    return "\n".join(lines)
