@@ -60,6 +60,7 @@ class PolicyModel:
     costs: np.ndarray  # (K+1, K) normalised costs: row 0 from scratch, row k+1 escalating from k
     scratch_s: np.ndarray  # (K,) mean seconds of each stage from scratch (training split)
     escalate_s: np.ndarray  # (K, K) mean seconds to escalate k → j (verify + continue), j > k
+    input_costs: InputCostModel | None = None  # for cost_mode "per_input"
     info: dict[str, Any] = field(default_factory=dict)  # sizes, for reports
 
     @property
@@ -146,6 +147,84 @@ def flops_costs(
 def item_ids(df: pd.DataFrame) -> list[str]:
     """Item ids in the order every per-input array here uses."""
     return sorted(df["item_id"].unique().tolist())
+
+
+# -- per-input costs (cost_mode: per_input) ------------------------------------------------------
+@dataclass
+class InputCostModel:
+    """ĉ for one input from its lengths (DESIGN §3, §7 ``cost_mode: per_input``).
+
+    Fitted by least squares on the training split's per-input costs (either source):
+    from scratch ĉ_j = a_j + b_j·n_in + d_j·n_out; verification of a draft by j costs
+    v_j + w_j·(n_in + draft length); continuing costs d_j per token M_j writes after the
+    accepted prefix. Output lengths not yet known are predicted by the training mean per
+    (task, stage); the accepted share of M_j's output after stage k by the mean f̄_kj.
+    """
+
+    scratch_coef: np.ndarray  # (K, 3) a, b, d per stage (cost units, per token)
+    verify_coef: np.ndarray  # (K, 2) v, w per verifying stage
+    accepted_share: np.ndarray  # (K, K) mean share of M_j's output accepted from y_k, j > k
+    n_out_mean: dict[tuple[str, int], float]  # (task, stage) → mean output tokens
+    n_out_default: np.ndarray  # (K,) mean output tokens per stage, for unseen tasks
+    norm: float  # the table's normaliser: mean cost of the deepest stage from scratch
+
+    def n_out(self, task: str, stage: int) -> float:
+        return self.n_out_mean.get((task, stage), float(self.n_out_default[stage]))
+
+    def matrix(self, task: str, n_in: float, known: dict[int, float]) -> np.ndarray:
+        """(K+1, K) normalised costs for this input; ``known`` maps stages to their real n_out."""
+        K = len(self.scratch_coef)
+        out = {k: known.get(k, self.n_out(task, k)) for k in range(K)}
+        c = np.zeros((K + 1, K))
+        for j in range(K):
+            a, b, d = self.scratch_coef[j]
+            c[0, j] = a + b * n_in + d * out[j]
+            for k in range(j):
+                v, w = self.verify_coef[j]
+                todo = out[j] * (1.0 - self.accepted_share[k, j])
+                c[k + 1, j] = v + w * (n_in + out[k]) + d * todo
+        return np.maximum(c, 1e-9) / self.norm
+
+
+def fit_input_costs(
+    df: pd.DataFrame, n_stages: int, source: CostSource, sizes: Sequence[float]
+) -> InputCostModel:
+    """Least-squares fit of :class:`InputCostModel` on a generations frame (training split)."""
+    df = _by_item(df, n_stages)
+    K, N = n_stages, len(df) // n_stages
+    scratch, esc = per_input_costs(df, K, source, sizes)
+    n_in = df["n_in"].to_numpy(float).reshape(N, K)
+    n_out = df["n_out"].to_numpy(float).reshape(N, K)
+    accepted = np.stack(df["accepted_by"].map(lambda v: np.asarray(v, float)).to_numpy())
+    accepted = accepted.reshape(N, K, K)
+    scratch_coef = np.zeros((K, 3))
+    verify_coef = np.zeros((K, 2))
+    share = np.zeros((K, K))
+    for j in range(K):
+        X = np.column_stack([np.ones(N), n_in[:, j], n_out[:, j]])
+        scratch_coef[j] = np.linalg.lstsq(X, scratch[:, j], rcond=None)[0]
+        d = scratch_coef[j, 2]
+        rows_x, rows_y = [], []
+        for k in range(j):
+            share[k, j] = float(
+                np.mean(np.clip(accepted[:, k, j], 0, None) / np.maximum(n_out[:, j], 1))
+            )
+            todo = np.maximum(n_out[:, j] - accepted[:, k, j], 0.0)
+            rows_x.append(np.column_stack([np.ones(N), n_in[:, j] + n_out[:, k]]))
+            rows_y.append(esc[:, k, j] - d * todo)  # the verification part of the escalation
+        if rows_x:
+            verify_coef[j] = np.linalg.lstsq(np.vstack(rows_x), np.concatenate(rows_y), rcond=None)[
+                0
+            ]
+    means = df.groupby(["task", "stage"])["n_out"].mean()
+    return InputCostModel(
+        scratch_coef=scratch_coef,
+        verify_coef=verify_coef,
+        accepted_share=share,
+        n_out_mean={(str(t), int(k)): float(v) for (t, k), v in means.items()},
+        n_out_default=n_out.mean(axis=0),
+        norm=float(scratch[:, -1].mean()),
+    )
 
 
 # -- beliefs -------------------------------------------------------------------------------------
@@ -241,6 +320,7 @@ def fit_policy_model(
         costs=stopping.cost_matrix(scratch_s, escalate_s),
         scratch_s=scratch_s,
         escalate_s=escalate_s,
+        input_costs=fit_input_costs(df, K, cost_source, sizes),
         info={"train_inputs": len(df) // K},
     )
 
@@ -279,9 +359,14 @@ class AdaptivePolicy:
         rule: stopping.Rule = stopping.DP,
         costs: np.ndarray | None = None,
         name: str | None = None,
+        cost_mode: Literal["table", "per_input"] = "table",
     ):
+        if cost_mode == "per_input" and model.input_costs is None:
+            raise AsdError("cost_mode per_input needs a policy model with an input cost model")
         self.model = model
         self.lam = lam
+        self.rule = rule
+        self.cost_mode = cost_mode
         self.entry_tokenizer = entry_tokenizer  # stage input_stage's tokenizer (entry features)
         self.table = stopping.solve(
             model.transitions,
@@ -292,6 +377,7 @@ class AdaptivePolicy:
             final_is_reference=True,
         )
         self.name = name or f"dp_lam{lam:g}"
+        self._n_in: dict[str, int] = {}  # prompt tokens per input, as the entry stage counts them
         self.decision_us: list[float] = []  # per-input features + predictor + lookup, µs
 
     def entry(self, requests: Sequence[Request]) -> list[int]:
@@ -302,10 +388,16 @@ class AdaptivePolicy:
             ids = chat_prompt_ids(self.entry_tokenizer, r.text)
             mean, var = pred.predict_entry(ids, r.task)
             b = belief_bin_one(self.model, 0, float(mean[0]), float(var[0]))
-            action = int(self.table.action[0, b])
+            self._n_in[r.item_id] = len(ids)
+            action = self._decide(stopping.ENTRY, b, r.task, len(ids), {})
             self.decision_us.append((time.perf_counter() - start) * 1e6)
             out.append(action)
         return out
+
+    def _decide(self, stage: int, b: int, task: str, n_in: int, known: dict[int, float]) -> int:
+        if self.cost_mode == "table":
+            return int(self.table.action[stage + 1, b])
+        return per_input_decision(self.model, self.lam, self.rule, stage, b, task, n_in, known)
 
     def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
         out: list[int | None] = []
@@ -316,10 +408,31 @@ class AdaptivePolicy:
             prev = run.accepted_fraction if run.from_stage == stage - 1 else math.nan
             view = StageView.from_generation(run.generation, stage, t.request.task, prev)
             mean, var = pred.predict_view(view)
-            action = int(self.table.action[stage + 1, belief_bin_one(self.model, stage, mean, var)])
+            b = belief_bin_one(self.model, stage, mean, var)
+            known = {r.stage: float(r.generation.n_out) for r in t.runs}
+            n_in = self._n_in.get(t.request.item_id, len(t.runs[0].prompt_ids))
+            action = self._decide(stage, b, t.request.task, n_in, known)
             self.decision_us.append((time.perf_counter() - start) * 1e6)
             out.append(None if action == stopping.STOP else action)
         return out
+
+
+def per_input_decision(
+    model: PolicyModel,
+    lam: float,
+    rule: stopping.Rule,
+    stage: int,
+    belief: int,
+    task: str,
+    n_in: float,
+    known: dict[int, float],
+) -> int:
+    """The DP decision with this input's own cost matrix (re-solved from ``stage`` on)."""
+    assert model.input_costs is not None
+    costs = model.input_costs.matrix(task, n_in, known)
+    return stopping.decide_per_input(
+        model.transitions, model.pbar, costs, lam, stage, belief, rule=rule
+    )
 
 
 def decision_overhead(

@@ -221,6 +221,23 @@ def _verdict(
     )
 
 
+def _flags(
+    what: str,
+    prompts: Sequence[Sequence[int]],
+    drafts: Sequence[Draft],
+    same_tokenizer: bool | Sequence[bool],
+) -> list[bool]:
+    """One same-tokenizer flag per draft, after checking the batch lines up."""
+    if len(prompts) != len(drafts):
+        raise AsdError(f"{what}: {len(prompts)} prompts but {len(drafts)} drafts")
+    same = (
+        [same_tokenizer] * len(drafts) if isinstance(same_tokenizer, bool) else list(same_tokenizer)
+    )
+    if len(same) != len(drafts):
+        raise AsdError(f"{what}: {len(same)} same_tokenizer flags but {len(drafts)} drafts")
+    return same
+
+
 def verify_batch(
     verifier: Backend,
     prompts: Sequence[Sequence[int]],
@@ -249,13 +266,7 @@ def _verify_scored(
     top_k: int,
 ) -> tuple[list[Verdict], list[Scoring]]:
     """:func:`verify_batch`, also returning the scoring passes (with statistics if top_k > 0)."""
-    if len(prompts) != len(drafts):
-        raise AsdError(f"verify: {len(prompts)} prompts but {len(drafts)} drafts")
-    same = (
-        [same_tokenizer] * len(drafts) if isinstance(same_tokenizer, bool) else list(same_tokenizer)
-    )
-    if len(same) != len(drafts):
-        raise AsdError(f"verify: {len(same)} same_tokenizer flags but {len(drafts)} drafts")
+    same = _flags("verify", prompts, drafts, same_tokenizer)
     if not drafts:
         return [], []
     eos = verifier.eos
@@ -310,13 +321,7 @@ def escalate(
     a time so that each ``resume`` finds the key/value cache its own verification pass left.
     An empty draft is verified vacuously and the verifier writes everything.
     """
-    if len(prompts) != len(drafts):
-        raise AsdError(f"escalate: {len(prompts)} prompts but {len(drafts)} drafts")
-    same = (
-        [same_tokenizer] * len(drafts) if isinstance(same_tokenizer, bool) else list(same_tokenizer)
-    )
-    if len(same) != len(drafts):
-        raise AsdError(f"escalate: {len(same)} same_tokenizer flags but {len(drafts)} drafts")
+    same = _flags("escalate", prompts, drafts, same_tokenizer)
     top_k = max(params.top_k, 1)
     results = []
     for prompt, draft, s in zip(prompts, drafts, same, strict=True):

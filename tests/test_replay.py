@@ -27,6 +27,7 @@ def with_costs(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     df = df.copy()
     n = len(df)
     df["n_out"] = df["token_ids"].map(len)
+    df["n_in"] = df["prompt_ids"].map(len)
     base = 3.0 ** df["stage"].to_numpy()
     df["prefill_s"] = 0.1 * base
     df["latency_s"] = df["prefill_s"] + 0.02 * base * df["n_out"] + rng.uniform(0, 0.01, n)
@@ -138,6 +139,20 @@ def test_scalar_belief_bin_equals_the_vectorised_one(
         assert adaptive.belief_bin_one(m, stage, mean, var) == expected
 
 
+def test_per_input_costs_track_lengths_and_limits(
+    gens: pd.DataFrame, model: adaptive.PolicyModel
+) -> None:
+    ic = model.input_costs
+    assert ic is not None
+    short, long = ic.matrix("mmlu", 100, {2: 5.0}), ic.matrix("mmlu", 100, {2: 200.0})
+    assert long[0, 2] > short[0, 2]  # a longer output costs more
+    test = gens[gens["split"] == "test"]
+    data = replay.ReplayData.from_frame(test, K, "answer")
+    beliefs = replay.Beliefs.of(model, test)
+    dear = replay.dp_policy_per_input(data, beliefs, model, 1e6, stopping.DP)
+    assert (dear.depth == K - 1).all()
+
+
 def test_decision_overhead_and_cost_table(gens: pd.DataFrame, model: adaptive.PolicyModel) -> None:
     test = gens[gens["split"] == "test"].head(30)
     over = adaptive.decision_overhead(model, 1.0, test, repeats=1)
@@ -157,7 +172,7 @@ def test_evaluate_produces_every_method_and_summarises(gens: pd.DataFrame) -> No
     methods = set(results["method"])
     expected = {"stage_0", "stage_2", "oracle_router", "oracle_cascade", "random", "static_cascade",
                 "router", "pair_0_2", "dp", "dp_no_risk", "dp_no_predictor", "dp_size_costs",
-                "dp_myopic", "dp_sequential", "draft_verify_deepest"}  # fmt: skip
+                "dp_myopic", "dp_sequential", "dp_per_input", "draft_verify_deepest"}  # fmt: skip
     assert expected <= methods
     per = results.groupby(["method", "lam", "seed"], dropna=False)["item_id"].count()
     assert (per == n_test).all()

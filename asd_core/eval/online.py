@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -72,6 +72,7 @@ def confirm(
     label_mode: str,
     seed: int = 0,
     progress: bool = True,
+    cost_mode: Literal["table", "per_input"] = "table",
 ) -> pd.DataFrame:
     """One row per (λ, input): online vs replayed path, depth, seconds, and output identity."""
     K = len(stages)
@@ -89,7 +90,7 @@ def confirm(
         pipe = Pipeline(backends)
         entry_tok = backends[model.predictor.config.input_stage].tokenizer
         for lam in lambdas:
-            policy = AdaptivePolicy(model, lam, entry_tok)
+            policy = AdaptivePolicy(model, lam, entry_tok, cost_mode=cost_mode)
             traces = pipe.run(requests, policy, progress=progress)
             replayed = replay_adaptive(policy, data, beliefs)
             for i, t in enumerate(traces):

@@ -27,6 +27,7 @@ from asd_core.adaptive import (
     entry_beliefs,
     item_ids,
     per_input_costs,
+    per_input_decision,
 )
 from asd_core.errors import AsdError
 from asd_core.predictor import LABEL_COLUMNS
@@ -46,6 +47,7 @@ class ReplayData:
     quality: np.ndarray  # (N, K) task quality of each stage's output (accuracy, pass, truthful)
     label: np.ndarray  # (N, K) 0/1 acceptance label (the params' label mode)
     n_out: np.ndarray  # (N, K) generated tokens
+    n_in: np.ndarray  # (N, K) prompt tokens as each stage tokenises them
 
     @property
     def n(self) -> int:
@@ -75,6 +77,7 @@ class ReplayData:
             quality=df["correct"].to_numpy(float).reshape(shape),
             label=df[LABEL_COLUMNS[label_mode]].to_numpy(float).reshape(shape),
             n_out=df["n_out"].to_numpy(float).reshape(shape),
+            n_in=df["n_in"].to_numpy(float).reshape(shape),
         )
 
 
@@ -229,6 +232,35 @@ def dp_policy(
     return simulate(data, entry, nxt)
 
 
+def dp_policy_per_input(
+    data: ReplayData, beliefs: Beliefs, model: PolicyModel, lam: float, rule: stopping.Rule
+) -> Replayed:
+    """Replay the DP policy with ``cost_mode: per_input``: each input's own cost matrix."""
+    B, s0 = model.n_bins, model.predictor.config.input_stage
+    seq, direct = (
+        stopping.belief_bins(beliefs.sequential, B),
+        stopping.belief_bins(beliefs.direct, B),
+    )
+    entry_bins = stopping.belief_bins(beliefs.entry, B)
+    tasks = [str(t) for t in data.tasks]
+    known: list[dict[int, float]] = [{} for _ in range(data.n)]
+
+    def decide(i: int, stage: int, b: int) -> int:
+        return per_input_decision(model, lam, rule, stage, b, tasks[i], data.n_in[i, s0], known[i])
+
+    entry = [decide(i, stopping.ENTRY, int(entry_bins[i])) for i in range(data.n)]
+
+    def nxt(i: int, s: int, prev: int | None) -> int | None:
+        known[i][s] = float(data.n_out[i, s])
+        b = seq[i, s] if prev == s - 1 else direct[i, s]
+        a = decide(i, s, int(b))
+        return None if a == stopping.STOP else a
+
+    return simulate(data, entry, nxt)
+
+
 def replay_adaptive(policy: AdaptivePolicy, data: ReplayData, beliefs: Beliefs) -> Replayed:
     """Replay exactly what ``policy`` (one λ) would decide online."""
+    if policy.cost_mode == "per_input":
+        return dp_policy_per_input(data, beliefs, policy.model, policy.lam, policy.rule)
     return dp_policy(data, beliefs, policy.table, policy.model.n_bins)

@@ -16,7 +16,8 @@ with quality, cost (seconds) and depth. Methods:
 * ``dp``: the adaptive policy, route then cascade, for every λ and seed; ablations
   ``dp_no_predictor`` (max-probability heuristic instead of the ensemble, no input head),
   ``dp_no_risk`` (α = 0, β = 0.5), ``dp_size_costs`` (costs ∝ model size, no reuse),
-  ``dp_myopic`` and ``dp_sequential`` (no entry decision, no skips).
+  ``dp_myopic`` and ``dp_sequential`` (no entry decision, no skips); ``dp_per_input``: the
+  DP with each input's own predicted costs (``cost_mode: per_input``).
 
 Each seed trains its own predictor ensemble (member seeds derived from the run seed); the
 generations are shared, so seeds differ in what is learned, not in what the models wrote.
@@ -47,6 +48,7 @@ from asd_core.eval.replay import (
     ReplayData,
     Replayed,
     dp_policy,
+    dp_policy_per_input,
     oracle_cascade,
     oracle_router,
     random_mixing,
@@ -255,6 +257,8 @@ def evaluate(
             for name, (m, b, rule, costs) in variants.items():
                 table = stopping.solve(m.transitions, m.pbar, costs, lam, rule=rule)
                 out.append(_rows(name, lam, seed, test, dp_policy(test, b, table, m.n_bins)))
+            per_input = dp_policy_per_input(test, beliefs, model, lam, stopping.DP)
+            out.append(_rows("dp_per_input", lam, seed, test, per_input))
     results = pd.concat(out, ignore_index=True)
     results["cost_rel"] = results["cost"] / deepest_cost
     results.attrs["cost_source"] = src
