@@ -139,14 +139,6 @@ class Params(BaseModel):
     def _check_cross_fields(self) -> Params:
         if abs(sum(self.split_fractions) - 1.0) > 1e-9:
             raise ValueError(f"key 'split_fractions': {self.split_fractions} must sum to 1")
-        if self.stage_sizes and len(self.stage_sizes) != len(self.stages):
-            raise ValueError(
-                f"key 'stage_sizes': {len(self.stage_sizes)} sizes for {len(self.stages)} stages"
-            )
-        if self.predictor_input_stage >= len(self.stages):
-            raise ValueError(
-                f"key 'predictor_input_stage': {self.predictor_input_stage} is not a stage index"
-            )
         names = [s.name for s in self.stages]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -161,6 +153,14 @@ class Params(BaseModel):
                     f"key 'stages[{i}].tensor_parallel_size': {stage.tensor_parallel_size} is larger than "
                     f"num_gpus={self.num_gpus}"
                 )
+        if self.stage_sizes and len(self.stage_sizes) != len(self.stages):
+            raise ValueError(
+                f"key 'stage_sizes': {len(self.stage_sizes)} sizes for {len(self.stages)} stages"
+            )
+        if self.predictor_input_stage >= len(self.stages):
+            raise ValueError(
+                f"key 'predictor_input_stage': {self.predictor_input_stage} is not a stage index"
+            )
         return self
 
     def digest(self) -> str:

@@ -66,6 +66,8 @@ BAD_CASES = {
         "  - {name: a, source: y, runtime: transformers}\n",
         "unique",
     ),
+    "stage sizes vs stages": ("stage_sizes: [1.0]\n", "'stage_sizes': 1 sizes for 3 stages"),
+    "fractions not summing to 1": ("split_fractions: [0.5, 0.2, 0.2]\n", "must sum to 1"),
     "not a mapping": ("- 1\n- 2\n", "mapping"),
     "broken yaml": ("seed: [1,\n", "not valid YAML"),
 }
@@ -81,7 +83,9 @@ def test_bad_params_are_one_clear_line(case: str, tmp_path: Path) -> None:
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
-    if case not in {"tp larger than gpus", "tp without vllm", "duplicate stage names"}:
+    cross_field = {"tp larger than gpus", "tp without vllm", "duplicate stage names"}
+    cross_field |= {"stage sizes vs stages", "fractions not summing to 1"}
+    if case not in cross_field:
         assert str(bad) in message  # names the file that set the bad key
 
 

@@ -30,6 +30,7 @@ def test_every_notebook_parameter_is_a_params_key() -> None:
 
 
 def _run(tmp: Path) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
     override = tmp / "override.yaml"
     override.write_text(
         yaml.safe_dump({"data_dir": str(tmp / "data"), "reports_dir": str(tmp / "reports")})
