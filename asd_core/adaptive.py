@@ -26,7 +26,7 @@ import pandas as pd
 
 from asd_core import stopping
 from asd_core.errors import AsdError
-from asd_core.features import StageView
+from asd_core.features import VERIFICATION_NAMES, StageView, previous_acceptance
 from asd_core.models.common import chat_prompt_ids
 from asd_core.predictor import LABEL_COLUMNS, QualityPredictor, entry_features
 
@@ -35,7 +35,7 @@ CostSource = Literal[
 ]  # seconds measured, or a deterministic size × tokens proxy
 
 if TYPE_CHECKING:
-    from asd_core.pipeline import Request, Trace
+    from asd_core.pipeline import Request, StageRun, Trace
 
 
 @dataclass(frozen=True)
@@ -99,23 +99,10 @@ def per_input_costs(
     if source == "flops":
         return flops_costs(df, n_stages, sizes)
     df = _by_item(df, n_stages)
-    K, N = n_stages, len(df) // n_stages
-    lat = df["latency_s"].to_numpy(float).reshape(N, K)
-    prefill = df["prefill_s"].to_numpy(float).reshape(N, K)
-    n_out = df["n_out"].to_numpy(float).reshape(N, K)
+    lat, prefill, n_out = (_per_input(df, c, n_stages) for c in ("latency_s", "prefill_s", "n_out"))
     rate = (lat - prefill) / np.maximum(n_out - 1, 1)  # (N, K) s per decoded token
-    verify = np.stack(df["verify_s_by"].map(lambda v: np.asarray(v, float)).to_numpy()).reshape(
-        N, K, K
-    )
-    accepted = np.stack(df["accepted_by"].map(lambda v: np.asarray(v, float)).to_numpy()).reshape(
-        N, K, K
-    )
-    esc = np.full((N, K, K), np.nan)
-    for k in range(K):
-        for j in range(k + 1, K):
-            todo = np.maximum(n_out[:, j] - accepted[:, k, j], 0.0)
-            esc[:, k, j] = verify[:, k, j] + todo * rate[:, j]
-    return lat, esc
+    verify = _per_pair(df, "verify_s_by", n_stages)
+    return lat, _escalations(verify, rate, n_out, _per_pair(df, "accepted_by", n_stages))
 
 
 def flops_costs(
@@ -128,20 +115,34 @@ def flops_costs(
     Unitless (billions of parameters × tokens); ``sizes`` default to 1, 2, … K.
     """
     df = _by_item(df, n_stages)
-    K, N = n_stages, len(df) // n_stages
-    size = np.asarray(sizes if len(sizes) else np.arange(1, K + 1), float)
-    n_in = df["n_in"].to_numpy(float).reshape(N, K)
-    n_out = df["n_out"].to_numpy(float).reshape(N, K)
-    drafted = np.stack(df["drafted_by"].map(lambda v: np.asarray(v, float)).to_numpy())
-    accepted = np.stack(df["accepted_by"].map(lambda v: np.asarray(v, float)).to_numpy())
-    drafted, accepted = drafted.reshape(N, K, K), accepted.reshape(N, K, K)
-    scratch = size * (n_in + n_out)
-    esc = np.full((N, K, K), np.nan)
-    for k in range(K):
-        for j in range(k + 1, K):
-            todo = np.maximum(n_out[:, j] - accepted[:, k, j], 0.0)
-            esc[:, k, j] = size[j] * (n_in[:, j] + drafted[:, k, j] + todo)
-    return scratch, esc
+    K = n_stages
+    size = np.asarray(sizes if len(sizes) else np.arange(1, K + 1), float)  # (K,)
+    n_in, n_out = _per_input(df, "n_in", K), _per_input(df, "n_out", K)
+    verify = size * (n_in[:, None, :] + _per_pair(df, "drafted_by", K))
+    unit = np.broadcast_to(size, n_out.shape)
+    return size * (n_in + n_out), _escalations(verify, unit, n_out, _per_pair(df, "accepted_by", K))
+
+
+def _per_input(df: pd.DataFrame, column: str, n_stages: int) -> np.ndarray:
+    """(N, K) float values of a per-row column of an item-sorted frame."""
+    return df[column].to_numpy(float).reshape(-1, n_stages)
+
+
+def _per_pair(df: pd.DataFrame, column: str, n_stages: int) -> np.ndarray:
+    """(N, K, K) float values of a list column indexed by the verifying stage j (row k)."""
+    values = np.stack(df[column].map(lambda v: np.asarray(v, float)).to_numpy())
+    return values.reshape(-1, n_stages, n_stages)
+
+
+def _escalations(
+    verify: np.ndarray, unit: np.ndarray, n_out: np.ndarray, accepted: np.ndarray
+) -> np.ndarray:
+    """(N, K, K) escalation costs k → j: verification + ``unit`` (N, K) per token M_j writes
+    after the accepted prefix; NaN where j ≤ k (no such move)."""
+    todo = np.maximum(n_out[:, None, :] - accepted, 0.0)
+    K = n_out.shape[1]
+    deeper = np.triu(np.ones((K, K), bool), 1)
+    return np.where(deeper, verify + todo * unit[:, None, :], np.nan)
 
 
 def item_ids(df: pd.DataFrame) -> list[str]:
@@ -193,10 +194,8 @@ def fit_input_costs(
     df = _by_item(df, n_stages)
     K, N = n_stages, len(df) // n_stages
     scratch, esc = per_input_costs(df, K, source, sizes)
-    n_in = df["n_in"].to_numpy(float).reshape(N, K)
-    n_out = df["n_out"].to_numpy(float).reshape(N, K)
-    accepted = np.stack(df["accepted_by"].map(lambda v: np.asarray(v, float)).to_numpy())
-    accepted = accepted.reshape(N, K, K)
+    n_in, n_out = _per_input(df, "n_in", K), _per_input(df, "n_out", K)
+    accepted = _per_pair(df, "accepted_by", K)
     scratch_coef = np.zeros((K, 3))
     verify_coef = np.zeros((K, 2))
     share = np.zeros((K, K))
@@ -255,11 +254,48 @@ def belief_table(
     ``with_previous`` False blanks the verification feature (the stage was entered directly or
     by a skip, so it never verified y_{k−1}).
     """
-    df = _by_item(df, n_stages)
+    X, stages = _row_features(predictor, df, n_stages)
     if not with_previous:
-        df = df.assign(accepted_frac_prev=math.nan)
-    X = predictor.features.extract_frame(df)
-    stages = df["stage"].to_numpy(np.int64)
+        _blank_verification(predictor, X)
+    return _believe(predictor, prior, risk, X, stages, n_stages)
+
+
+def belief_tables(
+    predictor: QualityPredictor,
+    prior: np.ndarray,
+    risk: RiskSettings,
+    df: pd.DataFrame,
+    n_stages: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`belief_table` with and without the verification feature, extracting features once."""
+    X, stages = _row_features(predictor, df, n_stages)
+    sequential = _believe(predictor, prior, risk, X, stages, n_stages)
+    _blank_verification(predictor, X)
+    return sequential, _believe(predictor, prior, risk, X, stages, n_stages)
+
+
+def _row_features(
+    predictor: QualityPredictor, df: pd.DataFrame, n_stages: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N·K, F) features and (N·K,) stages of every row, items sorted."""
+    df = _by_item(df, n_stages)
+    return predictor.features.extract_frame(df), df["stage"].to_numpy(np.int64)
+
+
+def _blank_verification(predictor: QualityPredictor, X: np.ndarray) -> None:
+    """Rewrite the verification group in place as :func:`previous_acceptance` has it when missing."""
+    cols = [predictor.features.names.index(n) for n in VERIFICATION_NAMES]
+    X[:, cols] = previous_acceptance(1, math.nan)
+
+
+def _believe(
+    predictor: QualityPredictor,
+    prior: np.ndarray,
+    risk: RiskSettings,
+    X: np.ndarray,
+    stages: np.ndarray,
+    n_stages: int,
+) -> np.ndarray:
     mean, var = predictor.predict(X, stages)
     return adjusted(prior, risk, mean, var, stages).reshape(-1, n_stages)
 
@@ -272,14 +308,23 @@ def entry_beliefs(
     n_stages: int,
 ) -> np.ndarray:
     """(N,) adjusted entry belief of every input (input-only head, stage-0 acceptance)."""
+    mean, var = entry_predictions(predictor, df, n_stages)
+    return adjusted(prior, risk, mean[:, 0], var[:, 0], np.zeros(len(mean), dtype=np.int64))
+
+
+def entry_predictions(
+    predictor: QualityPredictor, df: pd.DataFrame, n_stages: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) input-only P(accept_k) and (N, K) variance per input, items sorted.
+
+    The head reads the prompt as stage ``input_stage`` tokenised it, so it looks that row up.
+    """
     df = _by_item(df, n_stages)
-    first = df[df["stage"] == 0]
-    X, found = entry_features(first, predictor.features, predictor.config.input_stage)
+    X, found = entry_features(df, predictor.features, predictor.config.input_stage)
     if not found.all():
         raise AsdError("generations frame: some inputs lack the row the entry head reads")
-    mean, var = predictor.predict_inputs(X)
-    zeros = np.zeros(len(first), dtype=np.int64)
-    return adjusted(prior, risk, mean[:, 0], var[:, 0], zeros)
+    first = (df["stage"] == 0).to_numpy()  # one row per item, in item order
+    return predictor.predict_inputs(X[first])
 
 
 def fit_policy_model(
@@ -378,41 +423,39 @@ class AdaptivePolicy:
         )
         self.name = name or f"dp_lam{lam:g}"
         self._n_in: dict[str, int] = {}  # prompt tokens per input, as the entry stage counts them
-        self.decision_us: list[float] = []  # per-input features + predictor + lookup, µs
 
     def entry(self, requests: Sequence[Request]) -> list[int]:
         out = []
         pred = self.model.predictor
         for r in requests:
-            start = time.perf_counter()
             ids = chat_prompt_ids(self.entry_tokenizer, r.text)
             mean, var = pred.predict_entry(ids, r.task)
-            b = belief_bin_one(self.model, 0, float(mean[0]), float(var[0]))
             self._n_in[r.item_id] = len(ids)
-            action = self._decide(stopping.ENTRY, b, r.task, len(ids), {})
-            self.decision_us.append((time.perf_counter() - start) * 1e6)
-            out.append(action)
+            b = belief_bin_one(self.model, 0, float(mean[0]), float(var[0]))
+            out.append(self._decide(stopping.ENTRY, b, r, ()))
         return out
 
-    def _decide(self, stage: int, b: int, task: str, n_in: int, known: dict[int, float]) -> int:
+    def _decide(self, stage: int, b: int, request: Request, runs: Sequence[StageRun]) -> int:
+        """Table lookup, or (per_input) a re-solve with this input's predicted costs."""
         if self.cost_mode == "table":
             return int(self.table.action[stage + 1, b])
-        return per_input_decision(self.model, self.lam, self.rule, stage, b, task, n_in, known)
+        known = {r.stage: float(r.generation.n_out) for r in runs}
+        n_in = self._n_in.get(request.item_id, len(runs[0].prompt_ids) if runs else 0)
+        return per_input_decision(
+            self.model, self.lam, self.rule, stage, b, request.task, n_in, known
+        )
 
     def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
         out: list[int | None] = []
         pred = self.model.predictor
         for t in traces:
-            start = time.perf_counter()
             run = t.runs[-1]
             prev = run.accepted_fraction if run.from_stage == stage - 1 else math.nan
             view = StageView.from_generation(run.generation, stage, t.request.task, prev)
             mean, var = pred.predict_view(view)
-            b = belief_bin_one(self.model, stage, mean, var)
-            known = {r.stage: float(r.generation.n_out) for r in t.runs}
-            n_in = self._n_in.get(t.request.item_id, len(t.runs[0].prompt_ids))
-            action = self._decide(stage, b, t.request.task, n_in, known)
-            self.decision_us.append((time.perf_counter() - start) * 1e6)
+            action = self._decide(
+                stage, belief_bin_one(self.model, stage, mean, var), t.request, t.runs
+            )
             out.append(None if action == stopping.STOP else action)
         return out
 

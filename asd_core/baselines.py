@@ -626,9 +626,9 @@ def _vllm_child(payload: dict[str, Any]) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def _engine(kwargs: dict[str, Any]) -> Iterator[Any]:
     """A warmed-up ``vllm.LLM``, shut down on exit so the next engine can start here."""
-    import gc
-
     from vllm import LLM
+
+    from asd_core.models.vllm_backend import shutdown_engine
 
     llm = LLM(**kwargs)
     try:
@@ -636,15 +636,7 @@ def _engine(kwargs: dict[str, Any]) -> Iterator[Any]:
         _vllm_request(llm, [0, 0], GenerationParams(max_new_tokens=2, ignore_eos=True), set())
         yield llm
     finally:
-        core = getattr(llm.llm_engine, "engine_core", None)
-        if core is not None:
-            core.shutdown()
-        del llm, core
-        gc.collect()
-        with contextlib.suppress(Exception):  # best effort; the process exits soon anyway
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-            cleanup_dist_env_and_memory()
+        shutdown_engine(llm)
 
 
 def _vllm_request(

@@ -79,12 +79,11 @@ def _set_exact(backends: Sequence[Backend], exact: bool) -> None:
 
 def hop_rows(mode: str, cascade: Sequence[Trace], alone: dict[int, list[Trace]]) -> pd.DataFrame:
     """One row per (input, hop d−1 → d) of a cascade, compared with M_d alone."""
+    by_id = {d: {x.request.item_id: x for x in traces} for d, traces in alone.items()}
     rows = []
     for t in cascade:
         for run in t.runs[1:]:
-            ref = alone[run.stage][
-                [x.request.item_id for x in alone[run.stage]].index(t.request.item_id)
-            ]
+            ref = by_id[run.stage][t.request.item_id]
             ref_gen = ref.output
             diff = first_difference(run.generation.token_ids, ref_gen.token_ids)
             margin = np.nan

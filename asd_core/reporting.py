@@ -222,6 +222,11 @@ def write_table(
     return _write_with_sidecar(Path(path), df.to_csv(index=False).encode("utf-8"), provenance)
 
 
+def write_html(text: str, path: str | os.PathLike[str], provenance: Mapping[str, Any]) -> Path:
+    """Write an HTML page atomically, with its provenance sidecar."""
+    return _write_with_sidecar(Path(path), text.encode("utf-8"), provenance)
+
+
 def write_parquet(
     df: pd.DataFrame, path: str | os.PathLike[str], provenance: Mapping[str, Any]
 ) -> Path:

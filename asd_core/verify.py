@@ -275,7 +275,7 @@ def _verify_scored(
         start = time.perf_counter()
         conts.append(_draft_in_verifier_ids(verifier, d, s))
         prep_s.append(time.perf_counter() - start)
-    scorings = verifier.score(prompts, conts, top_k) if top_k else verifier.score(prompts, conts)
+    scorings = verifier.score(prompts, conts, top_k)
     verdicts = []
     for ids, sc, d, s, prep in zip(conts, scorings, drafts, same, prep_s, strict=True):
         start = time.perf_counter()

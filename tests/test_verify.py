@@ -319,7 +319,12 @@ class Scripted:
     def _at(self, i: int) -> int:
         return self.target[i] if i < len(self.target) else self.tokenizer.eos_token_id
 
-    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]):
+    def score(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        top_k: int = 0,
+    ):
         self.calls += 1
         return [
             Scoring(
@@ -440,9 +445,9 @@ def test_batch_is_one_score_call_and_equals_one_at_a_time(bytes_model, bpe_model
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
 
-        def score(self, p, c):
+        def score(self, p, c, top_k=0):
             calls.append(len(p))
-            return self.inner.score(p, c)
+            return self.inner.score(p, c, top_k)
 
     batch = verify_batch(Counting(bpe_model), prompts, drafts, same)
     assert calls == [4]

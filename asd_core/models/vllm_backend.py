@@ -379,18 +379,23 @@ class VllmBackend:
         if llm is None:
             return
         self.llm = None
-        engine = getattr(llm, "llm_engine", None)
-        core = getattr(engine, "engine_core", None)
-        if core is not None:
-            core.shutdown()
-        del llm, engine, core
-        gc.collect()
-        try:  # in-process engines hold a torch.distributed group; a second one needs it gone
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        shutdown_engine(llm)
 
-            cleanup_dist_env_and_memory()
-        except Exception:  # noqa: BLE001 - best effort at shutdown; nothing to report to the user
-            pass
+
+def shutdown_engine(llm: Any) -> None:
+    """Stop a ``vllm.LLM``'s engine processes and free its state, so another can start here."""
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None:
+        core.shutdown()
+    del llm, engine, core
+    gc.collect()
+    try:  # in-process engines hold a torch.distributed group; a second one needs it gone
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    except Exception:  # noqa: BLE001 - best effort at shutdown; nothing to report to the user
+        pass
 
 
 def _vllm_version() -> str:
