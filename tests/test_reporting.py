@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from asd_core import config, reporting
+from asd_core import config, dependencies, reporting
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = [REPO / "params" / "base.yaml", REPO / "params" / "smoke.yaml"]
@@ -46,7 +46,13 @@ def test_provenance_records_commit_digest_seed_versions_hardware() -> None:
     assert prov["profile"] == "smoke"
     assert prov["seed"] == 7
     assert prov["notebook"] == "01_profiling"
-    assert {"python", "numpy", "pandas", "torch"} <= prov["packages"].keys()
+    assert {"python", "numpy", "pandas", "torch", "datasets"} <= prov["packages"].keys()
+    # set-up installs a lock exactly, so the environment matches one by name and digest (the
+    # newest-allowed check is the one unlocked set-up)
+    if os.environ.get("ASD_RESOLVE") != "newest":
+        assert prov["lock"] in dependencies.LOCKS
+    if prov["lock"] is not None:
+        assert prov["lock_sha256"] == dependencies.file_digest(REPO / prov["lock"])
     hw = prov["hardware"]
     assert hw["cores"] >= 1 and hw["cores_usable"] >= 1 and isinstance(hw["gpus"], list)
     assert hw["cpu"]

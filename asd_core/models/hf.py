@@ -7,12 +7,14 @@ it needs (``logits_to_keep``), so a 150k-token vocabulary never materialises for
 
 The last scored sequence's key/value cache is kept: ``resume`` right after the ``score`` that
 verified a draft crops it to the accepted prefix and generates from there (transformers'
-``past_key_values``), so the draft is paid for once, in the verification pass. With
+``cache`` argument, ``past_key_values`` before 5.24: :func:`cache_keyword`), so the draft is
+paid for once, in the verification pass. With
 ``StageConfig.exact_scoring`` verified tokens are fed one at a time, as generation does.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,6 +67,15 @@ class _StepClock(LogitsProcessor):
         return scores
 
 
+def cache_keyword(model: Any) -> str:
+    """The name under which ``model.forward`` and ``generate`` take a key/value cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name is deprecated and
+    removed in a later release); the supported range spans both, so ask the model.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _torch_dtype(name: str) -> torch.dtype | str:
     if name == "auto":
         return "auto"
@@ -106,6 +117,7 @@ class TransformersBackend:
                 ) from None
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self.cache_kw = cache_keyword(self.model)
         self._kv: tuple[list[int], Any] | None = None  # (tokens, cache) of the last score pass
         gen_cfg = getattr(self.model, "generation_config", None)
         self.eos = eos_ids(tokenizer.eos_token_id, getattr(gen_cfg, "eos_token_id", None))
@@ -150,7 +162,7 @@ class TransformersBackend:
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_new_tokens
         if cache is not None:
-            kwargs["past_key_values"] = cache
+            kwargs[self.cache_kw] = cache
         start = self.clock()
         out = self.model.generate(
             input_ids=ids.to(self.device),
@@ -289,19 +301,21 @@ class TransformersBackend:
         if not self.stage.exact_scoring or not cont:
             seq = torch.tensor([prompt + cont], dtype=torch.long, device=dev)
             out = self.model(
-                input_ids=seq, past_key_values=cache, use_cache=True, logits_to_keep=keep
+                input_ids=seq, use_cache=True, logits_to_keep=keep, **{self.cache_kw: cache}
             )
             return out.logits[0].float() if keep else out.logits[0, :0].float()
         seq = torch.tensor([prompt], dtype=torch.long, device=dev)
         rows = [
-            self.model(input_ids=seq, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=seq, use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
             .logits[0, -1]
             .float()
         ]
         for tok in cont:
             step = torch.tensor([[tok]], dtype=torch.long, device=dev)
             rows.append(
-                self.model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                self.model(
+                    input_ids=step, use_cache=True, logits_to_keep=1, **{self.cache_kw: cache}
+                )
                 .logits[0, -1]
                 .float()
             )
