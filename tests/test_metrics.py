@@ -481,3 +481,28 @@ def test_score_item_accepts_the_real_item() -> None:
         item_id="mmlu/000000", task="mmlu", question="Q?\n\nA. x\nB. y\nC. z\nD. w", answer="D"
     )
     assert score_item(item, "The answer is D.").correct == 1.0
+
+
+@pytest.mark.slow
+def test_every_canonical_humaneval_solution_passes_the_judge(models_dir: Path) -> None:
+    """The judge's stand-in must not fail a right program: all 164 reference solutions pass."""
+    import gzip
+    import json
+
+    path = models_dir.parent / "data" / "packages" / "humaneval" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} missing (run ./run_all.sh setup)")
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    failing = []
+    for row in rows:
+        outcome = run_humaneval(
+            row["prompt"] + row["canonical_solution"],
+            row["test"],
+            row["entry_point"],
+            SandboxLimits(),
+            row["prompt"],
+        )
+        if not (outcome.passed and all(outcome.asserts)):
+            failing.append(row["task_id"])
+    assert failing == []

@@ -346,3 +346,119 @@ def test_bad_limits_and_isolation_are_one_line_errors() -> None:
         SandboxLimits(max_processes=True)
     with pytest.raises(SandboxError, match="isolation"):
         run_python("pass", isolation="none")  # type: ignore[arg-type]
+
+
+# -- forged verdicts: a wrong HumanEval program that tries to write its own "pass" --------------
+# Every attack first looks for the verdict mark (it is in the judge's program file, whose path
+# is in the judge's /proc/<pid>/cmdline) and then tries one way to print verdict lines where the
+# judge's report goes. Each wraps a wrong add_all (it returns -1); the judge must fail it on
+# every assert. The same attack around a right add_all must still pass where the attack leaves
+# the judge alive, so the suite cannot pass by breaking the judge.
+FORGE_TEST = (
+    "def check(candidate):\n"
+    "    assert candidate([1, 2]) == 3\n"
+    "    assert candidate([]) == 0\n"
+    "    assert candidate([5]) == 5\n"
+)
+FORGE_PRELUDE = """
+import glob, os, re, signal, sys
+
+def _marks():
+    marks = set()
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            args = open(cmdline, "rb").read().split(b"\\0")
+        except OSError:
+            continue
+        for arg in args:
+            if arg.endswith(b".py"):
+                try:
+                    marks |= set(re.findall(rb"@asd-[0-9a-f]{16}", open(arg, "rb").read()))
+                except OSError:
+                    pass
+    return [m.decode() for m in marks] or ["@asd-0000000000000000"]
+
+def _lines():
+    text = ""
+    for mark in _marks():
+        text += f"{mark} check 1\\n" + "".join(f"{mark} assert {i} 1\\n" for i in range(3))
+    return text.encode()
+"""
+FORGERIES = {
+    "print_to_stdout_and_stderr": "os.write(1, _lines()); os.write(2, _lines()); print(_lines().decode())",
+    "write_every_descriptor": """
+for fd in range(256):
+    try:
+        os.write(fd, _lines())
+    except OSError:
+        pass
+""",
+    "open_the_judges_descriptors": """
+for path in glob.glob("/proc/[0-9]*/fd/*"):
+    if path.startswith(f"/proc/{os.getpid()}/"):  # not its own answer pipe
+        continue
+    try:
+        with open(path, "wb", buffering=0) as fh:
+            fh.write(_lines())
+    except OSError:
+        pass
+""",
+    "read_the_judges_memory": """
+try:
+    with open(f"/proc/{os.getppid()}/mem", "rb") as fh:
+        fh.read(1)
+    os.write(1, _lines())
+except OSError:
+    pass
+""",
+    "exit_zero_on_load": "os._exit(0)",
+    "kill_the_judge": "os.kill(os.getppid(), signal.SIGKILL)",
+    "stop_the_judge": "os.kill(os.getppid(), signal.SIGSTOP)",
+    "kill_every_process": """
+try:
+    os.kill(-1, signal.SIGKILL)
+except OSError:
+    pass
+""",
+}
+FORGED_ANSWERS = {
+    "equal_to_everything": "class _Yes:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n",
+}
+# attacks after which the judge is still there to judge a right program
+# (writing into every descriptor also garbles the program's own answer pipe, so not that one)
+JUDGE_SURVIVES = {"print_to_stdout_and_stderr", "open_the_judges_descriptors",
+                  "read_the_judges_memory"}  # fmt: skip
+FORGE_LIMITS = SandboxLimits(wall_seconds=4.0, cpu_seconds=2, max_processes=6)
+
+
+def _forged_program(attack: str, body: str) -> str:
+    return f"{FORGE_PRELUDE}\n{attack}\n\ndef add_all(xs):\n    {body}\n"
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_a_wrong_program_cannot_forge_its_verdict(name: str) -> None:
+    from asd_core.eval.metrics import run_humaneval
+
+    wrong = run_humaneval(
+        _forged_program(textwrap.dedent(FORGERIES[name]), "return -1"),
+        FORGE_TEST,
+        "add_all",
+        FORGE_LIMITS,
+    )
+    assert (wrong.passed, wrong.asserts) == (False, (False, False, False)), wrong.sandbox
+    if name in JUDGE_SURVIVES:
+        right = run_humaneval(
+            _forged_program(textwrap.dedent(FORGERIES[name]), "return sum(xs)"),
+            FORGE_TEST,
+            "add_all",
+            FORGE_LIMITS,
+        )
+        assert (right.passed, right.asserts) == (True, (True, True, True)), right.sandbox
+
+
+def test_an_answer_that_equals_everything_is_not_believed() -> None:
+    from asd_core.eval.metrics import run_humaneval
+
+    program = FORGED_ANSWERS["equal_to_everything"] + "\ndef add_all(xs):\n    return _Yes()\n"
+    outcome = run_humaneval(program, FORGE_TEST, "add_all", FORGE_LIMITS)
+    assert (outcome.passed, outcome.asserts) == (False, (False, False, False))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import math
 import re
 import secrets
@@ -40,10 +41,12 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Protocol
 
 from asd_core.errors import AsdError
-from asd_core.eval.sandbox import SandboxLimits, SandboxResult, run_python
+from asd_core.eval import judge
+from asd_core.eval.sandbox import SOCKET_GUARD, SandboxLimits, SandboxResult, run_python
 
 LETTERS = ("A", "B", "C", "D")
 TRUTHFUL_ROUGE_L = 0.5  # a TruthfulQA answer with no incorrect references to compare against is
@@ -368,93 +371,47 @@ def split_check(test: str) -> tuple[str, list[tuple[str, bool]]]:
     return parameter, statements
 
 
-_HARNESS = """\
-import os, signal, sys
-
-MARK = {mark!r}
-_report = os.fdopen(os.dup(1), "w", buffering=1)  # results; the program's stdout goes nowhere
-_quiet = os.open(os.devnull, os.O_WRONLY)
-os.dup2(_quiet, 1)
-
-
-class _Overtime(BaseException):
-    pass
-
-
-def _alarm(signum, frame):
-    raise _Overtime()
-
-
-signal.signal(signal.SIGALRM, _alarm)
-
-
-def _runs(code, namespace, seconds):
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        exec(code, namespace)
-        return True
-    except BaseException:
-        return False
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def _compiled(source, name):
-    try:
-        return compile(source, name, "exec")
-    except (SyntaxError, ValueError):
-        return None
-
-
-namespace = {{"__name__": "__candidate__"}}
-program = _compiled({program!r}, "candidate.py")
-test = _compiled({test!r}, "test.py")
-loaded = program is not None and test is not None
-loaded = loaded and _runs(program, namespace, {load_seconds!r})
-loaded = loaded and _runs(test, namespace, {load_seconds!r})
-loaded = loaded and callable(namespace.get({entry_point!r})) and callable(namespace.get("check"))
-checked = loaded and _runs(
-    compile("check({entry_point})", "check", "exec"), namespace, {check_seconds!r}
-)
-print(MARK, "check", int(checked), file=_report)
-scope = dict(namespace)
-scope[{parameter!r}] = namespace.get({entry_point!r})
-index = 0
-for source, scored in {statements!r}:
-    code = _compiled(source, "assert")
-    ok = loaded and code is not None and _runs(code, scope, {statement_seconds!r})
-    if scored:
-        print(MARK, "assert", index, int(ok), file=_report)
-        index += 1
-"""
-
-
 def run_humaneval(
-    program: str, test: str, entry_point: str, limits: SandboxLimits | None = None
+    program: str,
+    test: str,
+    entry_point: str,
+    limits: SandboxLimits | None = None,
+    prompt: str = "",
 ) -> CodeOutcome:
-    """Run ``program`` + ``test`` + ``check(entry_point)`` in one sandboxed process.
+    """Run ``check(entry_point)`` of ``test`` against ``program`` in one sandbox.
 
-    The same process then runs each of check's top-level statements on its own and reports
-    which asserts pass. Time budgets are shares of ``limits.wall_seconds``: loading 20%, the
-    full check 35%, the single statements 35% together; each runs under an alarm so one hang
-    costs only its share.
+    The verdict comes from the judge process (:mod:`asd_core.eval.judge`), which runs the test
+    itself and reaches the program only through a pipe to a second process, so a program
+    cannot write its own verdict. ``prompt`` is the item's code prompt: its helpers (some
+    tests call them) run on the judge's side. The judge then runs each of check's top-level
+    statements on its own and reports which asserts pass. Time budgets are shares of
+    ``limits.wall_seconds``: loading 20%, the full check 35%, the single statements 35%
+    together; each runs under an alarm so one hang costs only its share.
     """
     limits = limits or SandboxLimits()
     parameter, statements = split_check(test)
     n_scored = sum(scored for _, scored in statements)
     mark = f"@asd-{secrets.token_hex(8)}"
-    harness = _HARNESS.format(
-        mark=mark,
-        program=program,
-        test=test,
-        entry_point=entry_point,
-        parameter=parameter,
-        statements=statements,
-        load_seconds=0.2 * limits.wall_seconds,
-        check_seconds=0.35 * limits.wall_seconds,
-        statement_seconds=0.35 * limits.wall_seconds / max(1, len(statements)),
+    params = {
+        "mark": mark,
+        "program": program,
+        "prompt": _runnable_prompt(prompt) if prompt else "",
+        "test": test,
+        "entry_point": entry_point,
+        "parameter": parameter,
+        "statements": statements,
+        "seconds": [
+            0.2 * limits.wall_seconds,
+            0.35 * limits.wall_seconds,
+            0.35 * limits.wall_seconds / max(1, len(statements)),
+        ],
+        "guard": SOCKET_GUARD,
+    }
+    source = (
+        _judge_source()
+        + f"\n{judge.PARAMS_MARKER}\njudge_main(json.loads({json.dumps(params)!r}))\n"
     )
-    result = run_python(harness, limits)
+    result = run_python(source, limits)
     checked = False
     asserts = [False] * n_scored
     for line in result.stdout.splitlines():
@@ -468,6 +425,11 @@ def run_humaneval(
             if index < n_scored:
                 asserts[index] = fields[3] == "1"
     return CodeOutcome(passed=checked, asserts=tuple(asserts), sandbox=result)
+
+
+@functools.cache
+def _judge_source() -> str:
+    return Path(judge.__file__).read_text(encoding="utf-8")
 
 
 def code_key(outcome: CodeOutcome) -> str:
@@ -566,7 +528,7 @@ def answer_key(
     if family == "code":
         _require(task, test=test, entry_point=entry_point)
         program = extract_code(text, code_prompt, entry_point)
-        return code_key(run_humaneval(program, test, entry_point, sandbox_limits))
+        return code_key(run_humaneval(program, test, entry_point, sandbox_limits, code_prompt))
     return text_key(text)
 
 
@@ -595,7 +557,7 @@ def score(
     if family == "code":
         _require(task, test=test, entry_point=entry_point)
         program = extract_code(text, code_prompt, entry_point)
-        outcome = run_humaneval(program, test, entry_point, sandbox_limits)
+        outcome = run_humaneval(program, test, entry_point, sandbox_limits, code_prompt)
         return TaskScore(
             task,
             float(outcome.passed),

@@ -254,7 +254,7 @@ def _plan(
         },
         "env": env,
         "report_fd": report_fd,
-        "guard": _SOCKET_GUARD,
+        "guard": SOCKET_GUARD,
     }
 
 
@@ -532,7 +532,7 @@ def _bootstrap(plan: dict[str, Any]) -> None:  # pragma: no cover - runs in the 
     os.execve(python, argv, plan["env"])
 
 
-_SOCKET_GUARD = """\
+SOCKET_GUARD = """\
 import _socket, runpy, socket, sys
 
 def _guarded(base):
