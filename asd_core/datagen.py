@@ -63,7 +63,18 @@ from asd_core.config import StageConfig
 from asd_core.data import SPLITS, Item, Split, get_task, load_task, split_of
 from asd_core.data.splits import DEFAULT_FRACTIONS, check_fractions, task_seed
 from asd_core.errors import AsdError, cli_entry
-from asd_core.eval.metrics import MetricsError, TaskScore, answer_key, mmlu_choices, score_item
+from asd_core.eval.metrics import (
+    TASK_FAMILIES,
+    TEXT_AGREEMENT,
+    MetricsError,
+    TaskScore,
+    answer_key,
+    answers_agree,
+    fit_agreement_threshold,
+    mmlu_choices,
+    score_item,
+    text_similarity,
+)
 from asd_core.models.base import Backend, Generation, GenerationParams
 from asd_core.models.common import chat_prompt_ids
 from asd_core.reporting import atomic_write_bytes, atomic_write_text, provenance
@@ -111,11 +122,21 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "prefill_s": (pa.float64(), "wall-clock s until the first token's logits were ready"),
     "accepted_frac_prev": (pa.float64(), "fraction of y_{k-1} stage k accepted; NaN for k = 0"),
     "label_token": (pa.int8(), "1 if the final stage accepts all of y_k (1 for the final stage)"),
-    "label_answer": (pa.int8(), "1 if answer == the final stage's answer (1 for the final stage)"),
+    "label_answer": (
+        pa.int8(),
+        "1 if answer is non-empty and equals the final stage's (1 for the final stage)",
+    ),
     "accepted_frac_final": (pa.float64(), "fraction of y_k the final stage accepts (soft target)"),
-    "answer": (pa.string(), "task-normalised answer key of y_k (eval.metrics.answer_key)"),
+    "answer": (
+        pa.string(),
+        "task-normalised answer key of y_k (eval.metrics.answer_key); '' = none (cut or unreadable)",
+    ),
     "correct": (pa.float64(), "task quality of y_k against the gold reference, 0/1; NaN: no gold"),
     "rouge_l": (pa.float64(), "TruthfulQA best ROUGE-L F1 against the references; else NaN"),
+    "similarity_final": (
+        pa.float64(),
+        "free-text tasks: ROUGE-L F1 of y_k against the final stage's output; else NaN",
+    ),
     "bleu": (pa.float64(), "TruthfulQA best sentence BLEU (0-100); else NaN"),
     "drafted_by": (_I32, "(K,) len(y_k) in stage j's tokens (re-encoded across tokenizers)"),
     "accepted_by": (_I32, "(K,) leading tokens of y_k stage j accepts"),
@@ -391,11 +412,11 @@ def _generate_stage(
     return [g for g in gens if g is not None], batch_of
 
 
-def _quality(entry: Entry, text: str, limits: SandboxLimits | None) -> TaskScore:
+def _quality(entry: Entry, text: str, limits: SandboxLimits | None, truncated: bool) -> TaskScore:
     """Score ``text`` against the gold reference; without one, just its answer key."""
     item = entry.item
     try:
-        return score_item(item, text, limits)
+        return score_item(item, text, limits, truncated)
     except MetricsError:
         if item.answer or item.references:  # a gold exists, so this is a real error
             raise
@@ -407,8 +428,16 @@ def _quality(entry: Entry, text: str, limits: SandboxLimits | None) -> TaskScore
         entry_point=item.entry_point,
         choices=mmlu_choices(item.question) if item.task == "mmlu" else None,
         sandbox_limits=limits,
+        truncated=truncated,
     )
     return TaskScore(item.task, math.nan, key)
+
+
+def _agrees(key: str, final_key: str, similarity: float | None) -> bool:
+    """The answer label before any refit: the same key, or (free text) close enough text."""
+    if similarity is None:
+        return answers_agree(key, final_key)
+    return similarity >= TEXT_AGREEMENT and key != ""  # refit on load: refit_text_agreement
 
 
 def _fraction(accepted: int, drafted: int, empty: float) -> float:
@@ -450,7 +479,15 @@ def shard_rows(
             verdicts[k][j] = out
     rows: list[dict[str, Any]] = []
     for i, entry in enumerate(entries):
-        scores = [_quality(entry, gens[k][i].text, sandbox_limits) for k in range(K)]
+        scores = [
+            _quality(entry, gens[k][i].text, sandbox_limits, gens[k][i].stop_reason == "length")
+            for k in range(K)
+        ]
+        free_text = TASK_FAMILIES.get(entry.item.task) == "text"
+        similarity = [
+            text_similarity(gens[k][i].text, gens[K - 1][i].text) if free_text else None
+            for k in range(K)
+        ]
         for k in range(K):
             g: Generation = gens[k][i]
             by = verdicts[k]
@@ -494,12 +531,16 @@ def shard_rows(
                     if prev is None
                     else _fraction(prev.n_accepted, prev.n_draft, math.nan),
                     "label_token": label_token,
-                    "label_answer": int(scores[k].extracted == scores[final].extracted),
+                    "label_answer": int(
+                        k == final
+                        or _agrees(scores[k].extracted, scores[final].extracted, similarity[k])
+                    ),
                     "accepted_frac_final": frac_final,
                     "answer": scores[k].extracted,
                     "correct": float(scores[k].correct),
                     "rouge_l": math.nan if scores[k].rouge_l is None else scores[k].rouge_l,
                     "bleu": math.nan if scores[k].bleu is None else scores[k].bleu,
+                    "similarity_final": math.nan if similarity[k] is None else similarity[k],
                     "drafted_by": drafted,
                     "accepted_by": accepted,
                     "verify_s_by": [by[j][i].seconds if j in by else math.nan for j in range(K)],
@@ -748,10 +789,68 @@ def load_generations(folder: str | os.PathLike[str]) -> pd.DataFrame:
         raise DatagenError(f"{folder}: unreadable shard ({type(exc).__name__}: {exc})") from None
     if table.num_rows == 0:
         raise DatagenError(f"{folder}: the shards hold no rows")
-    df = table.to_pandas()
+    df = refit_text_agreement(table.to_pandas())
     df.attrs["manifest"] = manifest
     df.attrs["complete"] = manifest is not None and len(paths) == manifest.get("n_shards")
     return df
+
+
+def refit_text_agreement(df: pd.DataFrame) -> pd.DataFrame:
+    """``label_answer`` of free-text rows under the threshold fitted on the calibration split.
+
+    Generation labels free-text answers with the default threshold; here the threshold is
+    chosen on the calibration rows (where both answers have a truthfulness verdict) to best
+    predict "same verdict as the final stage", and every free-text row is relabelled with it.
+    ``df.attrs["text_agreement"]`` records the threshold and how many pairs chose it.
+    """
+    text = df["task"].map(TASK_FAMILIES).eq("text") & (df["stage"] < df["n_stages"] - 1)
+    if not text.any():
+        df.attrs["text_agreement"] = {"threshold": TEXT_AGREEMENT, "pairs": 0}
+        return df
+    final = df[df["stage"] == df["n_stages"] - 1].set_index("item_id")["correct"]
+    final_correct = df["item_id"].map(final)
+    known = text & df["split"].eq("calibration") & df["correct"].notna() & final_correct.notna()
+    same = (df.loc[known, "correct"] == final_correct[known]).to_numpy()
+    threshold = fit_agreement_threshold(df.loc[known, "similarity_final"].to_numpy(), same)
+    agree = (df["similarity_final"] >= threshold) & df["answer"].ne("")
+    df.loc[text, "label_answer"] = agree[text].astype("int8")
+    df.attrs["text_agreement"] = {"threshold": threshold, "pairs": int(known.sum())}
+    return df
+
+
+def agreement_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task × non-final stage: how often the answer label says "agrees", against quality.
+
+    The 2×2 table of agreement (``label_answer``) against "both this stage and the final stage
+    are correct", over items with a gold answer: a label that means agreement should rarely
+    agree when one of the two answers is wrong.
+    """
+    final = df[df["stage"] == df["n_stages"] - 1].set_index("item_id")["correct"]
+    rows = df[df["stage"] < df["n_stages"] - 1].assign(final_correct=df["item_id"].map(final))
+    rows = rows[rows["correct"].notna() & rows["final_correct"].notna()]
+    both = (rows["correct"] == 1) & (rows["final_correct"] == 1)
+    agree = rows["label_answer"] == 1
+    cells = rows.assign(
+        agree_both_correct=agree & both,
+        agree_not_both=agree & ~both,
+        differ_both_correct=~agree & both,
+        differ_not_both=~agree & ~both,
+        agree=agree,
+        unextracted=rows["answer"].eq(""),
+    )
+    return (
+        cells.groupby(["task", "stage", "stage_name"], sort=True)
+        .agg(
+            n=("item_id", "size"),
+            agreement_rate=("agree", "mean"),
+            unextracted_rate=("unextracted", "mean"),
+            agree_both_correct=("agree_both_correct", "sum"),
+            agree_not_both=("agree_not_both", "sum"),
+            differ_both_correct=("differ_both_correct", "sum"),
+            differ_not_both=("differ_not_both", "sum"),
+        )
+        .reset_index()
+    )
 
 
 # -- summaries for notebook 02 --------------------------------------------------------------------

@@ -258,9 +258,18 @@ def test_schema_labels_and_features(reference: Reference) -> None:
             else:
                 assert r["label_token"] == int(accepted[-1] == drafted[-1])
                 assert r["accepted_frac_final"] == pytest.approx(accepted[-1] / drafted[-1])
-            if r["text"] == final["text"]:
+            if r["text"] == final["text"] and r["answer"]:
                 assert r["label_answer"] == 1
-            assert r["label_answer"] == int(r["answer"] == final["answer"])
+            # an answer that could not be extracted ("") agrees with nothing, not even "";
+            # free text agrees when close enough, by the threshold fitted on calibration rows
+            if r["task"] == "truthfulqa":
+                threshold = df.attrs["text_agreement"]["threshold"]
+                agrees = r["answer"] != "" and r["similarity_final"] >= threshold
+            else:
+                agrees = r["answer"] != "" and r["answer"] == final["answer"]
+            assert r["label_answer"] == int(k == K - 1 or agrees)
+            if r["stop_reason"] == "length":  # cut by its budget: no final answer
+                assert r["answer"] == ""
             if k == 0:
                 assert math.isnan(r["accepted_frac_prev"])
             else:
@@ -269,6 +278,7 @@ def test_schema_labels_and_features(reference: Reference) -> None:
                 assert r["accepted_frac_prev"] == pytest.approx(frac)
             assert r["correct"] in (0.0, 1.0)
             assert math.isnan(r["rouge_l"]) == (r["task"] != "truthfulqa")
+            assert math.isnan(r["similarity_final"]) == (r["task"] != "truthfulqa")
             x = features.extract(StageView.from_row(r))
             assert x.shape == (features.n_features,) and np.all(np.isfinite(x)), item_id
     # stage 2 is stage 1's model: it accepts stage 1's own greedy output (near-ties aside)
@@ -298,6 +308,10 @@ def test_summary_tables(reference: Reference) -> None:
     summary = datagen.summary_table(df)
     assert len(summary) == len(TASKS) * len(STAGES)
     assert (summary.loc[summary["stage"] == 2, "answer_accept_rate"] == 1.0).all()
+    agreement = datagen.agreement_table(df)
+    assert len(agreement) == len(TASKS) * (len(STAGES) - 1)
+    cells = ["agree_both_correct", "agree_not_both", "differ_both_correct", "differ_not_both"]
+    assert (agreement[cells].sum(axis=1) == agreement["n"]).all()
     hops = datagen.hop_table(df)
     assert len(hops) == len(TASKS) * 3  # hops 0→1, 0→2, 1→2
     assert (hops["mean_accepted"] <= hops["mean_drafted"]).all()
@@ -585,8 +599,10 @@ def test_sampling_skips_what_does_not_fit(n: int, seed: int) -> None:
 def test_items_without_gold_get_an_answer_key_and_no_quality() -> None:
     question = "Pick one.\n\nA. red\nB. blue\nC. green\nD. black\n\nAnswer with the letter."
     unlabelled = Item(item_id="mmlu/000001", task="mmlu", question=question)
-    score = datagen._quality(datagen.Entry(unlabelled, "train"), "The answer is B.", None)
+    score = datagen._quality(datagen.Entry(unlabelled, "train"), "The answer is B.", None, False)
     assert score.extracted == "B" and math.isnan(score.correct)
+    cut = datagen._quality(datagen.Entry(unlabelled, "train"), "The answer is B.", None, True)
+    assert cut.extracted == "" and math.isnan(cut.correct)
     labelled = Item(item_id="mmlu/000002", task="mmlu", question=question, answer="B")
-    score = datagen._quality(datagen.Entry(labelled, "train"), "The answer is B.", None)
+    score = datagen._quality(datagen.Entry(labelled, "train"), "The answer is B.", None, False)
     assert (score.extracted, score.correct) == ("B", 1.0)

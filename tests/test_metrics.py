@@ -15,11 +15,14 @@ from asd_core.eval.metrics import (
     MetricsError,
     TaskScore,
     answer_key,
+    answers_agree,
+    as_cut_reply,
     choice_accuracy,
     choose_by_loglik,
     extract_choice,
     extract_code,
     extract_number,
+    fit_agreement_threshold,
     format_number,
     gold_letter,
     is_truthful,
@@ -28,12 +31,14 @@ from asd_core.eval.metrics import (
     mc1,
     mmlu_choices,
     number_accuracy,
+    numbers_in,
     numbers_match,
     run_humaneval,
     score,
     score_item,
     split_check,
     text_key,
+    text_similarity,
 )
 from asd_core.eval.sandbox import SandboxLimits
 
@@ -130,30 +135,43 @@ def test_mc1() -> None:
     [
         ("The answer is 5.", Fraction(5)),
         ("She has 3 apples and buys 4 more, 7 in all. The answer is 7 apples.", Fraction(7)),
-        ("First 12 then 30. So 42", Fraction(42)),  # no phrase: the last number
+        ("First 12 then 30. So 42", None),  # no final-answer form: no answer
         ("Natalia sold 48/2 = 24 clips in May.\n#### 72", Fraction(72)),  # GSM8K style
         ("#### 1,234", Fraction(1234)),
         ("The answer is 1,000,000.", Fraction(1_000_000)),
-        ("He has $12.50 left.", Fraction(25, 2)),
         ("The answer is $1,250.", Fraction(1250)),
         ("The answer is -3.", Fraction(-3)),
-        ("It costs -$5 now", Fraction(-5)),
         ("The answer is 3/4.", Fraction(3, 4)),
         ("The answer is \\frac{3}{4}", Fraction(3, 4)),
         ("The answer is 0.75 cups", Fraction(3, 4)),
         ("The answer is 3.5.", Fraction(7, 2)),
         ("The answer is: 42", Fraction(42)),
         ("The answer is 12 apples and 3 pears.", Fraction(12)),  # first after the phrase
-        ("about 50% of them", Fraction(50)),
-        ("pages 3-5", Fraction(5)),  # a range, not minus five
+        # a reply cut mid-reasoning (the ASDiv case): numbers, but no final answer
+        ("Tom has 3 apples. He buys 9.5 kg of pears, so 3 + 9.5", None),
         ("The answer is five.", None),
         ("", None),
         ("no numbers at all", None),
-        ("1/0", None),  # a zero denominator: no number, not a crash
+        ("The answer is 1/0", None),  # a zero denominator: no number, not a crash
     ],
 )
 def test_extract_number(text: str, value: Fraction | None) -> None:
     assert extract_number(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("He has $12.50 left.", Fraction(25, 2)),
+        ("It costs -$5 now", Fraction(-5)),
+        ("about 50% of them", Fraction(50)),
+        ("pages 3-5", Fraction(5)),  # a range, not minus five
+        ("1/0", None),
+    ],
+)
+def test_number_parsing(text: str, value: Fraction | None) -> None:
+    found = numbers_in(text)
+    assert (found[-1] if found else None) == value
 
 
 def test_numbers_match_ignores_float_formatting() -> None:
@@ -190,7 +208,7 @@ def test_number_accuracy_with_number_and_text_golds() -> None:
     commas=st.booleans(),
     dollars=st.booleans(),
     unit=st.sampled_from(["", " apples", " km", "%"]),
-    style=st.sampled_from(["The answer is {}.", "#### {}", "so we get {}", "{}"]),
+    style=st.sampled_from(["The answer is {}.", "#### {}", "The answer: {}"]),
 )
 def test_integers_survive_any_formatting(
     value: int, commas: bool, dollars: bool, unit: str, style: str
@@ -321,7 +339,9 @@ def test_humaneval_pass_and_assert_vector(
     )
     assert result.correct == float(passed)
     assert result.asserts == vector
-    assert result.extracted == "".join("1" if ok else "0" for ok in vector)
+    # a program that never loads (a syntax error, exiting on import, prose) has no answer
+    loads = "def add_all(xs)\n" not in reply and "sys.exit" not in reply and "not sure" not in reply
+    assert result.extracted == ("".join("1" if ok else "0" for ok in vector) if loads else "")
 
 
 def test_a_positive_only_sum_fails_one_assert_but_not_the_others() -> None:
@@ -506,3 +526,61 @@ def test_every_canonical_humaneval_solution_passes_the_judge(models_dir: Path) -
         if not (outcome.passed and all(outcome.asserts)):
             failing.append(row["task_id"])
     assert failing == []
+
+
+# -- the answer label: what counts as the same answer -----------------------------------------
+def test_an_unextracted_answer_agrees_with_nothing() -> None:
+    assert answers_agree("B", "B") and answers_agree("1101", "1101")
+    assert not answers_agree("B", "C")
+    assert not answers_agree("", "")  # two failures are not the same answer
+    assert not answers_agree("", "B") and not answers_agree("B", "")
+
+
+@pytest.mark.parametrize(
+    ("task", "text", "fields", "cut_correct"),
+    [
+        ("mmlu", "The answer is B", {"answer": "B"}, 0.0),
+        ("asdiv", "The answer is 7.", {"answer": "7"}, 0.0),
+        ("truthfulqa", "Nothing happens.", {"references": ("Nothing happens",)}, 1.0),
+    ],
+)
+def test_a_reply_cut_by_its_budget_has_no_answer(
+    task: str, text: str, fields: dict, cut_correct: float
+) -> None:
+    whole = score(task, text, **fields)
+    cut = as_cut_reply(whole)
+    assert whole.extracted != "" and whole.correct == 1.0
+    assert cut.extracted == "" and cut.correct == cut_correct  # free text is scored as written
+    assert answer_key(task, text, truncated=True) == ""
+
+
+def test_a_program_that_does_not_load_has_no_answer() -> None:
+    for reply in (
+        "I am not sure how to do this.",
+        "```python\ndef add_all(xs):\n    return (\n```",
+    ):
+        result = score(
+            "humaneval", reply, code_prompt=PROMPT, test=TEST, entry_point="add_all",
+            sandbox_limits=FAST,
+        )  # fmt: skip
+        assert result.extracted == "" and result.correct == 0.0
+    wrong = score(
+        "humaneval", "```python\ndef add_all(xs):\n    return -1\n```", code_prompt=PROMPT,
+        test=TEST, entry_point="add_all", sandbox_limits=FAST,
+    )  # fmt: skip
+    assert wrong.extracted == "0000"  # it loaded: failing every assert is an answer
+
+
+def test_free_text_similarity_and_its_fitted_threshold() -> None:
+    assert text_similarity("Nothing happens.", "Nothing happens") == pytest.approx(1.0)
+    assert text_similarity("", "Nothing happens") == 0.0
+    assert 0.0 < text_similarity("Nothing in particular happens.", "Nothing happens.") < 1.0
+    # same verdict exactly when similarity >= 0.6: that threshold separates them best
+    sim = [0.1, 0.2, 0.5, 0.6, 0.7, 0.9]
+    same = [False, False, False, True, True, True]
+    assert fit_agreement_threshold(sim, same) == pytest.approx(0.6)
+    # one kind of pair only, or none: the default
+    assert fit_agreement_threshold([0.3, 0.8], [True, True], default=0.5) == 0.5
+    assert fit_agreement_threshold([], [], default=0.5) == 0.5
+    with pytest.raises(MetricsError, match="similarities"):
+        fit_agreement_threshold([0.1], [True, False])

@@ -435,25 +435,19 @@ def _forged_program(attack: str, body: str) -> str:
     return f"{FORGE_PRELUDE}\n{attack}\n\ndef add_all(xs):\n    {body}\n"
 
 
-@pytest.mark.parametrize("name", sorted(FORGERIES))
-def test_a_wrong_program_cannot_forge_its_verdict(name: str) -> None:
+def _judged(attack: str, body: str) -> tuple[bool, tuple[bool, ...]]:
     from asd_core.eval.metrics import run_humaneval
 
-    wrong = run_humaneval(
-        _forged_program(textwrap.dedent(FORGERIES[name]), "return -1"),
-        FORGE_TEST,
-        "add_all",
-        FORGE_LIMITS,
-    )
-    assert (wrong.passed, wrong.asserts) == (False, (False, False, False)), wrong.sandbox
+    program = _forged_program(textwrap.dedent(attack), body)
+    outcome = run_humaneval(program, FORGE_TEST, "add_all", FORGE_LIMITS)
+    return outcome.passed, outcome.asserts
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_a_wrong_program_cannot_forge_its_verdict(name: str) -> None:
+    assert _judged(FORGERIES[name], "return -1") == (False, (False, False, False))
     if name in JUDGE_SURVIVES:
-        right = run_humaneval(
-            _forged_program(textwrap.dedent(FORGERIES[name]), "return sum(xs)"),
-            FORGE_TEST,
-            "add_all",
-            FORGE_LIMITS,
-        )
-        assert (right.passed, right.asserts) == (True, (True, True, True)), right.sandbox
+        assert _judged(FORGERIES[name], "return sum(xs)") == (True, (True, True, True))
 
 
 def test_an_answer_that_equals_everything_is_not_believed() -> None:

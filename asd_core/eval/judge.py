@@ -286,6 +286,7 @@ def judge_main(params: dict[str, Any]) -> None:
     checked = loaded and _runs(
         compile("check(candidate)", "check", "exec"), {**namespace, "candidate": stand_in}, check_s
     )
+    print(params["mark"], "loaded", int(loaded), file=report)
     print(params["mark"], "check", int(checked), file=report)
     scope = {**namespace, params["parameter"]: stand_in}
     index = 0

@@ -9,8 +9,13 @@ Per task, two things come out of one output:
   letter. Math: the number in canonical form ("5", "0.75", "-1234"). HumanEval: the pass/fail
   vector over the unit test's assert statements ("1101"), so two programs are "the same
   answer" when they pass and fail the same asserts. TruthfulQA: the first sentence, lowercased,
-  punctuation stripped, whitespace collapsed. An output with no extractable answer has the
-  key "" (two such outputs count as the same answer).
+  punctuation stripped, whitespace collapsed; but two free-text answers *agree* when their
+  ROUGE-L F1 reaches a threshold fitted on the calibration split to predict "same truthfulness
+  verdict" (:func:`fit_agreement_threshold`), since paraphrases rarely share a first sentence. An output with no extractable answer has the
+  key "", and "" agrees with nothing, not even another "" (:func:`answers_agree`): two failed
+  replies are not the same answer. A reply cut by its token budget has no final answer: its
+  key is "" and, for MMLU and math, it scores 0. A program that does not load (no code, a
+  syntax error, no entry point) has the key "" too.
 
 Extraction rules, most specific first:
 
@@ -20,7 +25,8 @@ Extraction rules, most specific first:
   article; else the only option whose text the reply quotes. Several candidates: None. The
   documented alternative, scoring each option by its log-likelihood, is :func:`choose_by_loglik`.
 - Numbers: after the last GSM8K "####"; else the first number after the last "answer is" /
-  "answer:"; else the last number in the text. Thousands commas, signs, decimals, "$", units
+  "answer:". Nothing else counts: the prompt asks for that final form, and a number taken from
+  the middle of the reasoning is not an answer. Thousands commas, signs, decimals, "$", units
   and fractions ("3/4" equals 0.75) are understood; numbers match within a relative 1e-6.
 - Code: the first fenced block that defines the entry point (else the first block; else the
   bare text). A block that defines the entry point is run after the whole prompt (whose
@@ -39,10 +45,12 @@ import secrets
 import string
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from asd_core.errors import AsdError
 from asd_core.eval import judge
@@ -52,6 +60,8 @@ LETTERS = ("A", "B", "C", "D")
 TRUTHFUL_ROUGE_L = 0.5  # a TruthfulQA answer with no incorrect references to compare against is
 # truthful when its best ROUGE-L F1 against the correct ones reaches this (a convention: the
 # reference answers are short, so a truthful paraphrase shares about half its words with one)
+TEXT_AGREEMENT = 0.5  # free-text answers agree when their ROUGE-L F1 reaches this, until a
+# threshold is fitted on the calibration split (fit_agreement_threshold)
 NUMBER_REL_TOL = 1e-6  # relative tolerance when comparing numeric answers
 TASK_FAMILIES = {
     "mmlu": "choice",
@@ -227,7 +237,8 @@ def _to_fraction(match: re.Match[str]) -> Fraction | None:
     return -value if match["neg"] or match["neg2"] else value
 
 
-def _numbers(text: str) -> list[Fraction]:
+def numbers_in(text: str) -> list[Fraction]:
+    """Every number written in ``text``, in order (fractions, commas, $, signs understood)."""
     text = re.sub(r"\\d?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", text)  # LaTeX \frac{3}{4}
     return [v for m in _NUMBER.finditer(text) if (v := _to_fraction(m)) is not None]
 
@@ -235,22 +246,21 @@ def _numbers(text: str) -> list[Fraction]:
 def extract_number(text: str) -> Fraction | None:
     """The final numeric answer in a reply, exactly (rules in the module docstring)."""
     if "####" in text:
-        after = _numbers(text.rsplit("####", 1)[1])
+        after = numbers_in(text.rsplit("####", 1)[1])
         if after:
             return after[0]
     phrases = list(_ANSWER_PHRASE.finditer(text))
     if phrases:
         sentence = re.split(r"\n|(?<=[^\d])\.(?:\s|$)", text[phrases[-1].end() :], maxsplit=1)[0]
-        stated = _numbers(sentence)
+        stated = numbers_in(sentence)
         if stated:
             return stated[0]
-    found = _numbers(text)
-    return found[-1] if found else None
+    return None
 
 
 def parse_gold_number(gold: str) -> Fraction | None:
     """The gold answer as a number when it is exactly one ("9", "$1,250", "3/4 cup"), else None."""
-    found = _numbers(gold)
+    found = numbers_in(gold)
     return found[0] if len(found) == 1 else None
 
 
@@ -300,6 +310,7 @@ def number_key(text: str) -> str:
 class CodeOutcome:
     """One HumanEval program run against its unit test."""
 
+    loaded: bool  # the program compiled, ran, and defined a callable entry point
     passed: bool  # check(entry_point) ran without an exception: pass@1 for a greedy sample
     asserts: tuple[bool, ...]  # each top-level assert statement of check(), run on its own
     sandbox: SandboxResult  # the sandboxed process that ran both
@@ -412,19 +423,21 @@ def run_humaneval(
         + f"\n{judge.PARAMS_MARKER}\njudge_main(json.loads({json.dumps(params)!r}))\n"
     )
     result = run_python(source, limits)
-    checked = False
+    checked = loaded = False
     asserts = [False] * n_scored
     for line in result.stdout.splitlines():
         fields = line.split()
         if len(fields) < 3 or fields[0] != mark:
             continue
-        if fields[1] == "check":
+        if fields[1] == "loaded":
+            loaded = fields[2] == "1"
+        elif fields[1] == "check":
             checked = fields[2] == "1"
         elif fields[1] == "assert" and len(fields) == 4 and fields[2].isdigit():
             index = int(fields[2])
             if index < n_scored:
                 asserts[index] = fields[3] == "1"
-    return CodeOutcome(passed=checked, asserts=tuple(asserts), sandbox=result)
+    return CodeOutcome(loaded=loaded, passed=checked, asserts=tuple(asserts), sandbox=result)
 
 
 @functools.cache
@@ -433,7 +446,12 @@ def _judge_source() -> str:
 
 
 def code_key(outcome: CodeOutcome) -> str:
-    """The assert vector as "1"/"0" characters; "P"/"F" for a test with no asserts to split."""
+    """The assert vector as "1"/"0" characters; "P"/"F" for a test with no asserts to split.
+
+    "" (no answer) when the program did not load.
+    """
+    if not outcome.loaded:
+        return ""
     if outcome.asserts:
         return "".join("1" if ok else "0" for ok in outcome.asserts)
     return "P" if outcome.passed else "F"
@@ -479,6 +497,38 @@ def is_truthful(
     return best_true >= threshold
 
 
+def text_similarity(text: str, other: str) -> float:
+    """ROUGE-L F1 (stemmed) between two generated answers, in [0, 1]; 0 if either is empty."""
+    if not text.strip() or not other.strip():
+        return 0.0
+    return float(_rouge_scorer().score(other, text)["rougeL"].fmeasure)
+
+
+def fit_agreement_threshold(
+    similarity: Sequence[float], same_verdict: Sequence[bool], default: float = TEXT_AGREEMENT
+) -> float:
+    """The free-text agreement threshold: the similarity that best predicts the same verdict.
+
+    Over pairs (a stage's answer, the final stage's answer) with known truthfulness, "agree"
+    is ``similarity >= threshold``; the threshold maximises balanced accuracy against "both
+    answers got the same truthfulness verdict" (the largest such value on ties, the stricter
+    rule). With no pairs, or one kind only, ``default``.
+    """
+    sim = np.asarray(similarity, dtype=np.float64)
+    same = np.asarray(same_verdict, dtype=bool)
+    if sim.shape != same.shape:
+        raise MetricsError(f"{sim.size} similarities but {same.size} verdicts")
+    if not same.any() or same.all():
+        return default
+    best, best_score = default, -1.0
+    for threshold in np.unique(np.concatenate([sim, [np.nextafter(1.0, 2.0)]])):
+        agree = sim >= threshold
+        score_ = 0.5 * (agree[same].mean() + (~agree[~same]).mean())
+        if score_ >= best_score:
+            best, best_score = float(threshold), float(score_)
+    return best
+
+
 def text_key(text: str) -> str:
     """First sentence, lowercased, punctuation stripped, whitespace collapsed."""
     first = re.split(r"(?<=[.!?])\s+|\n", text.strip(), maxsplit=1)[0]
@@ -491,6 +541,11 @@ def _normalise(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------ dispatch ---
+
+
+def answers_agree(key: str, other: str) -> bool:
+    """The ``answer`` label rule: both answers were extracted and are the same answer."""
+    return key != "" and key == other
 
 
 def _family(task: str) -> str:
@@ -514,13 +569,17 @@ def answer_key(
     entry_point: str = "",
     choices: Sequence[str] | None = None,
     sandbox_limits: SandboxLimits | None = None,
+    truncated: bool = False,
 ) -> str:
     """The task-normalised answer of ``text`` for the ``answer`` label mode (module docstring).
 
     Needs no gold answer. For HumanEval it runs the sandbox; when the score is wanted too, call
-    :func:`score` once and use ``TaskScore.extracted``.
+    :func:`score` once and use ``TaskScore.extracted``. ``truncated``: the reply was cut by its
+    token budget, so it has no answer ("").
     """
     family = _family(task)
+    if truncated:
+        return ""
     if family == "choice":
         return extract_choice(text, choices=choices) or ""
     if family == "number":
@@ -575,20 +634,35 @@ def score(
     )
 
 
+def as_cut_reply(result: TaskScore) -> TaskScore:
+    """The score of a reply its token budget cut: it has no final answer.
+
+    Its answer key is "" and MMLU and math score it 0; code and free text keep the score of
+    what was written.
+    """
+    unanswered = _family(result.task) in ("choice", "number")
+    return replace(result, extracted="", correct=0.0 if unanswered else result.correct)
+
+
 def mmlu_choices(question: str, letters: Sequence[str] = LETTERS) -> list[str] | None:
     """The option texts of an MMLU prompt whose options are lines "A. text", or None."""
     found = dict(re.findall(rf"^([{''.join(letters)}])\.\s+(.*)$", question, re.MULTILINE))
     return [found[x] for x in letters] if all(x in found for x in letters) else None
 
 
-def score_item(item: ItemLike, text: str, sandbox_limits: SandboxLimits | None = None) -> TaskScore:
+def score_item(
+    item: ItemLike,
+    text: str,
+    sandbox_limits: SandboxLimits | None = None,
+    truncated: bool = False,
+) -> TaskScore:
     """:func:`score` for anything with ``Item``'s fields. ``extracted`` is the answer key.
 
     TruthfulQA incorrect references are read from ``meta["incorrect_answers"]`` when present
     (texts separated by ";").
     """
     incorrect = item.meta.get("incorrect_answers", "")
-    return score(
+    result = score(
         item.task,
         text,
         answer=item.answer,
@@ -600,3 +674,4 @@ def score_item(item: ItemLike, text: str, sandbox_limits: SandboxLimits | None =
         choices=mmlu_choices(item.question) if item.task == "mmlu" else None,
         sandbox_limits=sandbox_limits,
     )
+    return as_cut_reply(result) if truncated else result

@@ -1,0 +1,151 @@
+"""Per-task token budgets chosen from measured output lengths, not guessed.
+
+Every stage of a profile answers ``n`` items per task (drawn from the train and calibration
+splits, never test) greedily with a generous cap and each task's stop strings; the output
+length and stop reason of every reply are kept. A budget that cuts a stage's answers makes
+them unscoreable (a cut reply has no final answer), so the table reports, per stage and task,
+the length percentiles and the share that reached the cap, and proposes a budget per task:
+
+    budget = max(2 × p99 of the deepest stage, 1.2 × p99 of every stage that ended on its own
+    on ≥ 95% of the items), rounded up to a multiple of 16
+
+so the deepest stage has room to spare and a stage that rambles to any cap (it never stops on
+its own) does not decide the budget; its truncation rate is reported with that reason.
+
+    python -m asd_core.budgets --profile cpu --n 50 --cap 1024
+
+Replies go to ``artifacts/budgets/<profile>/<stage>--<task>.jsonl`` (one file per stage and
+task, written atomically, so a killed run resumes where it stopped); the table to
+``reports/tables/02_output_lengths.csv`` with a provenance sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from asd_core import config
+from asd_core.data import load_task, split_of
+from asd_core.data.tasks import get_task
+from asd_core.errors import cli_entry
+from asd_core.models.base import GenerationParams
+from asd_core.models.common import chat_prompt_ids
+from asd_core.reporting import atomic_write_text, provenance, repo_path, write_table
+
+ROUND_TO = 16  # budgets are multiples of this many tokens
+
+
+def sample_items(task: str, data_dir: Path, n: int, seed: int) -> list:
+    """``n`` items of ``task`` from outside the test split, the same for every stage."""
+    pool = [it for it in load_task(task, data_dir) if split_of(it.item_id) != "test"]
+    order = np.random.default_rng(seed).permutation(len(pool))[: min(n, len(pool))]
+    return [pool[i] for i in sorted(order)]
+
+
+def length_table(records: pd.DataFrame, cap: int) -> pd.DataFrame:
+    """Per stage × task: items, output-length percentiles (tokens), share stopped by the cap."""
+    grouped = records.groupby(["stage", "stage_name", "task"], sort=True)
+    return (
+        grouped.agg(
+            n=("n_out", "size"),
+            p50=("n_out", lambda s: float(np.percentile(s, 50))),
+            p90=("n_out", lambda s: float(np.percentile(s, 90))),
+            p99=("n_out", lambda s: float(np.percentile(s, 99))),
+            max=("n_out", "max"),
+            stopped_by_cap=("stop_reason", lambda s: float((s == "length").mean())),
+        )
+        .reset_index()
+        .assign(cap=cap)
+    )
+
+
+def propose_budgets(table: pd.DataFrame, deepest: int, rambling_share: float = 0.05) -> dict:
+    """The budget rule of the module docstring: task -> (budget, stages ignored as rambling)."""
+    out = {}
+    for task, rows in table.groupby("task"):
+        deep = rows[rows["stage"] == deepest]
+        wanted = [2 * float(deep["p99"].iloc[0])] if len(deep) else []
+        rambling = rows[rows["stopped_by_cap"] > rambling_share]
+        wanted += [1.2 * p for p in rows.loc[rows["stopped_by_cap"] <= rambling_share, "p99"]]
+        budget = int(ROUND_TO * math.ceil(max(wanted, default=ROUND_TO) / ROUND_TO))
+        out[str(task)] = (budget, list(rambling["stage_name"]))
+    return out
+
+
+def measure(
+    params: config.Params, n: int, cap: int, tasks: Sequence[str], progress: bool = True
+) -> pd.DataFrame:
+    """Replies of every stage to ``n`` items per task (resumable); one row per reply."""
+    from asd_core.models.registry import load_backend
+
+    out_dir = repo_path(params.artifacts_dir) / "budgets" / params.profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = repo_path(params.data_dir)
+    items = {t: sample_items(t, data_dir, n, params.seed) for t in tasks}
+    records = []
+    # deepest first: its lengths set the budgets, and a stage that rambles takes longest
+    for k, stage in reversed(list(enumerate(params.stages))):
+        todo = [t for t in tasks if not (out_dir / f"{stage.name}--{t}.jsonl").is_file()]
+        backend = load_backend(stage, repo_path(params.models_dir)) if todo else None
+        try:
+            for task in tasks:
+                path = out_dir / f"{stage.name}--{task}.jsonl"
+                if backend is not None and not path.is_file():
+                    gen = GenerationParams(cap, get_task(task).stop_strings)
+                    lines = []
+                    bar = tqdm(items[task], desc=f"{stage.name} {task}", disable=not progress)
+                    for item in bar:
+                        prompt = chat_prompt_ids(backend.tokenizer, item.question)
+                        if len(prompt) + cap > stage.context_length:
+                            continue  # as data generation does: a prompt that cannot fit
+                        (g,) = backend.generate([prompt], gen)
+                        lines.append(
+                            json.dumps(
+                                {
+                                    "item_id": item.item_id,
+                                    "text": g.text,
+                                    "n_out": g.n_out,
+                                    "stop_reason": g.stop_reason,
+                                }
+                            )
+                        )
+                    atomic_write_text(path, "\n".join(lines) + "\n")
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    rec = json.loads(line)
+                    records.append({"stage": k, "stage_name": stage.name, "task": task, **rec})
+        finally:
+            if backend is not None:
+                backend.close()
+    return pd.DataFrame.from_records(records)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asd_core.budgets", description=__doc__)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--n", type=int, default=50, help="items per task (train + calibration)")
+    parser.add_argument("--cap", type=int, default=1024, help="generous token cap while measuring")
+    parser.add_argument("--tasks", nargs="*", default=None)
+    args = parser.parse_args(argv)
+    params = config.load([repo_path("params/base.yaml"), repo_path(f"params/{args.profile}.yaml")])
+    tasks = args.tasks or list(params.tasks)
+    records = measure(params, args.n, args.cap, tasks)
+    table = length_table(records, args.cap)
+    prov = provenance(params, params.seed, script="asd_core.budgets", n=args.n, cap=args.cap)
+    write_table(table, repo_path(params.reports_dir) / "tables" / "02_output_lengths.csv", prov)
+    print(table.to_string(index=False))
+    for task, (budget, rambling) in propose_budgets(table, len(params.stages) - 1).items():
+        note = f" (ignored, they reach any cap: {', '.join(rambling)})" if rambling else ""
+        print(f"{task}: budget {budget}{note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
