@@ -795,6 +795,12 @@ def load_generations(folder: str | os.PathLike[str]) -> pd.DataFrame:
     return df
 
 
+def _final_stage_value(df: pd.DataFrame, column: str) -> pd.Series:
+    """For every row, ``column`` of the final stage's row of the same item."""
+    final = df[df["stage"] == df["n_stages"] - 1].set_index("item_id")[column]
+    return df["item_id"].map(final)
+
+
 def refit_text_agreement(df: pd.DataFrame) -> pd.DataFrame:
     """``label_answer`` of free-text rows under the threshold fitted on the calibration split.
 
@@ -807,8 +813,7 @@ def refit_text_agreement(df: pd.DataFrame) -> pd.DataFrame:
     if not text.any():
         df.attrs["text_agreement"] = {"threshold": TEXT_AGREEMENT, "pairs": 0}
         return df
-    final = df[df["stage"] == df["n_stages"] - 1].set_index("item_id")["correct"]
-    final_correct = df["item_id"].map(final)
+    final_correct = _final_stage_value(df, "correct")
     known = text & df["split"].eq("calibration") & df["correct"].notna() & final_correct.notna()
     same = (df.loc[known, "correct"] == final_correct[known]).to_numpy()
     threshold = fit_agreement_threshold(df.loc[known, "similarity_final"].to_numpy(), same)
@@ -825,8 +830,9 @@ def agreement_table(df: pd.DataFrame) -> pd.DataFrame:
     are correct", over items with a gold answer: a label that means agreement should rarely
     agree when one of the two answers is wrong.
     """
-    final = df[df["stage"] == df["n_stages"] - 1].set_index("item_id")["correct"]
-    rows = df[df["stage"] < df["n_stages"] - 1].assign(final_correct=df["item_id"].map(final))
+    rows = df[df["stage"] < df["n_stages"] - 1].assign(
+        final_correct=_final_stage_value(df, "correct")
+    )
     rows = rows[rows["correct"].notna() & rows["final_correct"].notna()]
     both = (rows["correct"] == 1) & (rows["final_correct"] == 1)
     agree = rows["label_answer"] == 1

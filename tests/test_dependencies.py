@@ -26,10 +26,7 @@ from asd_core.errors import AsdError
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-LOCK_EXTRAS = {
-    "requirements.lock": ("dev", "llama"),
-    "requirements-vllm.lock": ("dev", "llama", "vllm"),
-}
+LOCK_EXTRAS = deps.LOCK_EXTRAS
 
 
 def requirements(extras: tuple[str, ...]) -> list[Requirement]:
