@@ -26,7 +26,7 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,15 @@ NEAR_TIE_NATS = 0.5  # margins below this are within the observed batched-vs-sin
 
 
 def bench_requests(
-    data_dir: str | Path, tasks: Sequence[str], n_per_task: int, seed: int, max_new_tokens: int
+    data_dir: str | Path,
+    tasks: Sequence[str],
+    n_per_task: int,
+    seed: int,
+    max_new_tokens: int,
+    budgets: Mapping[str, int],
 ) -> list[Request]:
-    """Test-split prompts, ``n_per_task`` per task, with each task's stop strings."""
+    """Test-split prompts, ``n_per_task`` per task: each task's stop strings and its budget
+    from ``budgets`` (params ``datagen_max_new_tokens``), capped at ``max_new_tokens``."""
     items = mix({t: load_task(t, data_dir) for t in tasks}, "test", n_per_task, seed)
     return [
         Request(
@@ -56,7 +62,7 @@ def bench_requests(
             it.task,
             it.question,
             GenerationParams(
-                max_new_tokens=min(TASKS[it.task].max_new_tokens, max_new_tokens),
+                max_new_tokens=min(budgets[it.task], max_new_tokens),
                 stop_strings=TASKS[it.task].stop_strings,
             ),
         )
@@ -142,7 +148,12 @@ def _throughput(traces: Sequence[Trace], seconds: float) -> float:
 def run(args: argparse.Namespace) -> None:
     params = config.load([REPO / "params" / "base.yaml", REPO / "params" / f"{args.profile}.yaml"])
     reqs = bench_requests(
-        REPO / params.data_dir, args.tasks, args.n_per_task, params.seed, args.max_new_tokens
+        REPO / params.data_dir,
+        args.tasks,
+        args.n_per_task,
+        params.seed,
+        args.max_new_tokens,
+        {str(t): n for t, n in params.datagen_max_new_tokens.items()},
     )
     print(f"[bench] {len(reqs)} prompts from {', '.join(args.tasks)}", flush=True)
     backends = [load_backend(s, REPO / params.models_dir) for s in params.stages]

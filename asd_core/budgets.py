@@ -33,13 +33,15 @@ from tqdm import tqdm
 
 from asd_core import config
 from asd_core.data import load_task, split_of
-from asd_core.data.tasks import get_task
+from asd_core.data.tasks import Item, get_task
 from asd_core.errors import cli_entry
-from asd_core.models.base import GenerationParams
+from asd_core.models.base import GenerationParams, Tokenizer
 from asd_core.models.common import chat_prompt_ids
 from asd_core.reporting import atomic_write_text, provenance, repo_path, write_table
 
 ROUND_TO = 16  # budgets are multiples of this many tokens
+# the budgets before they were measured, to save what they cut as test fixtures
+OLD_BUDGETS = {"mmlu": 16, "humaneval": 256, "asdiv": 128, "truthfulqa": 48, "gsm8k": 192}
 
 
 def sample_items(task: str, data_dir: Path, n: int, seed: int) -> list:
@@ -98,7 +100,8 @@ def measure(
             for task in tasks:
                 path = out_dir / f"{stage.name}--{task}.jsonl"
                 if backend is not None and not path.is_file():
-                    gen = GenerationParams(cap, get_task(task).stop_strings)
+                    stops = params.datagen_stop_strings.get(task, get_task(task).stop_strings)  # type: ignore[call-overload]
+                    gen = GenerationParams(cap, tuple(stops))
                     lines = []
                     bar = tqdm(items[task], desc=f"{stage.name} {task}", disable=not progress)
                     for item in bar:
@@ -126,6 +129,70 @@ def measure(
     return pd.DataFrame.from_records(records)
 
 
+FIXTURE_FIELDS = ("answer", "references", "code_prompt", "test", "entry_point", "meta")
+
+
+def fixture_rows(
+    records: pd.DataFrame,
+    items: dict[str, Item],
+    tokenizers: dict[str, Tokenizer],
+    old_budgets: dict[str, int],
+    per_cell: int = 12,
+    seed: int = 0,
+) -> list[dict]:
+    """Saved real replies for the tests: ``per_cell`` per stage × task, hard cases first.
+
+    Each cell keeps every reply that reached the measuring cap (up to a third of the cell),
+    replies with no extractable answer (malformed; up to a third), and, as truncated cases,
+    up to two replies cut at ``old_budgets[task]`` tokens — greedy decoding writes a prefix of
+    its longer self, so the first B tokens of a reply (as its tokenizer encodes the text) are
+    what a budget of B wrote. The rest are drawn at random. Every row carries what scoring
+    needs (the item's gold fields), so the fixture stands alone.
+    """
+    from asd_core.eval.metrics import score_item
+
+    rng = np.random.default_rng(seed)
+    out: list[dict] = []
+    for (stage, task), cell in records.groupby(["stage_name", "task"], sort=True):
+        cell = cell.reset_index(drop=True)
+        capped = [i for i in cell.index if cell.at[i, "stop_reason"] == "length"]
+        unread = [
+            i
+            for i in cell.index
+            if i not in capped
+            and not score_item(items[cell.at[i, "item_id"]], cell.at[i, "text"], None).extracted
+        ]
+        chosen = capped[: per_cell // 3] + unread[: per_cell // 3]
+        rest = [i for i in rng.permutation(len(cell)) if i not in chosen]
+        tok, budget = tokenizers[str(stage)], old_budgets.get(str(task), 0)
+        cut = [i for i in rest if budget and cell.at[i, "n_out"] > budget][:2]
+        rest = [i for i in rest if i not in cut]
+        chosen += [int(i) for i in rest[: max(per_cell - len(chosen) - len(cut), 0)]]
+        for i in chosen + cut:
+            rec = cell.loc[i]
+            text, n_out, reason = str(rec["text"]), int(rec["n_out"]), str(rec["stop_reason"])
+            if i in cut:
+                ids = tok.encode(text, add_special_tokens=False)[:budget]
+                text, n_out, reason = tok.decode(ids, skip_special_tokens=True), budget, "length"
+            item = items[str(rec["item_id"])]
+            refs = {f: getattr(item, f) for f in FIXTURE_FIELDS}
+            refs["references"], refs["meta"] = list(item.references), dict(item.meta)
+            out.append(
+                {
+                    "stage_name": str(stage),
+                    "task": str(task),
+                    "item_id": item.item_id,
+                    "question": item.question,
+                    "text": text,
+                    "n_out": n_out,
+                    "stop_reason": reason,
+                    "cut_at_budget": budget if i in cut else None,
+                    **refs,
+                }
+            )
+    return out
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asd_core.budgets", description=__doc__)
@@ -133,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=50, help="items per task (train + calibration)")
     parser.add_argument("--cap", type=int, default=1024, help="generous token cap while measuring")
     parser.add_argument("--tasks", nargs="*", default=None)
+    parser.add_argument(
+        "--fixtures",
+        default=None,
+        help="also write saved replies for the tests to this JSON-lines file",
+    )
     args = parser.parse_args(argv)
     params = config.load([repo_path("params/base.yaml"), repo_path(f"params/{args.profile}.yaml")])
     tasks = args.tasks or list(params.tasks)
@@ -144,6 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     for task, (budget, rambling) in propose_budgets(table, len(params.stages) - 1).items():
         note = f" (ignored, they reach any cap: {', '.join(rambling)})" if rambling else ""
         print(f"{task}: budget {budget}{note}")
+    if args.fixtures:
+        from asd_core.models.registry import load_tokenizer
+
+        data_dir = repo_path(params.data_dir)
+        items = {it.item_id: it for t in tasks for it in load_task(t, data_dir)}
+        models_dir = repo_path(params.models_dir)
+        tokenizers = {s.name: load_tokenizer(s, models_dir) for s in params.stages}
+        rows = fixture_rows(records, items, tokenizers, OLD_BUDGETS, seed=params.seed)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        atomic_write_text(Path(args.fixtures), text)
+        print(f"{len(rows)} saved replies -> {args.fixtures}")
     return 0
 
 

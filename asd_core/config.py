@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -90,7 +91,14 @@ class Params(BaseModel):
     datagen_batch_size: PositiveInt = 1  # prompts per generate/score call; 1 = per-input latency
     datagen_top_k: Annotated[int, Field(ge=2)] = 2  # alternatives kept per generated token
     datagen_return_hidden: bool = False  # store each output's mean final-layer hidden state
-    datagen_max_new_tokens: Annotated[int, Field(ge=0)] = 0  # cap on task budgets; 0 = task's own
+    # token budget of each task (every task in ``tasks`` needs one), measured with
+    # ``python -m asd_core.budgets`` (README, "Token budgets")
+    datagen_max_new_tokens: dict[TaskName, PositiveInt]
+    datagen_stop_strings: dict[TaskName, list[str]] = {}  # task: stop strings instead of the task's
+    # own (asd_core.data.tasks); [] generates to EOS or the budget
+    # multiple choice (MMLU): "loglik" picks the most probable option letter in one pass,
+    # "generate" writes a reply and reads the letter out of it
+    datagen_mc_scoring: Literal["loglik", "generate"] = "loglik"
     datagen_task_sources: dict[TaskName, str] = {}  # task: local file or hub id (not the package)
     # -- quality predictor (DESIGN §5) --
     predictor_hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [
@@ -157,6 +165,12 @@ class Params(BaseModel):
             raise ValueError(
                 f"key 'stage_sizes': {len(self.stage_sizes)} sizes for {len(self.stages)} stages"
             )
+        missing = [t for t in self.tasks if t not in self.datagen_max_new_tokens]
+        if missing:
+            raise ValueError(
+                f"key 'datagen_max_new_tokens': no token budget for task '{missing[0]}' "
+                "(measure one: python -m asd_core.budgets)"
+            )
         if self.predictor_input_stage >= len(self.stages):
             raise ValueError(
                 f"key 'predictor_input_stage': {self.predictor_input_stage} is not a stage index"
@@ -178,8 +192,9 @@ def _first_error(err: ValidationError, origin: Mapping[str, str]) -> str:
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
     where = origin.get(str(loc[0]), "params") if loc else "params"
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    if not loc:  # a cross-field check: its message names the keys
-        return f"{origin.get('stages', 'params')}: {msg}"
+    if not loc:  # a cross-field check: its message names the key (the file that set it)
+        named = re.match(r"key '([^'\[.]+)", msg)
+        return f"{origin.get(named.group(1) if named else 'stages', 'params')}: {msg}"
     if first.get("type") == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and first.get("type") != "missing":
@@ -253,7 +268,9 @@ def validate_subset(**values: Any) -> dict[str, Any]:
         except ValidationError as err:
             raise ConfigError(_first_error(_prefix(err, key), {})) from None
     if "stages" in out:
-        probe = {"profile": "x", "seed": 0, "lambdas": [1.0], **out}
+        budgets = {t: 1 for t in get_args(TaskName)}  # required key, irrelevant to the check
+        probe = {"profile": "x", "seed": 0, "lambdas": [1.0], "datagen_max_new_tokens": budgets}
+        probe.update(out)
         validate(probe)
     return out
 

@@ -7,6 +7,9 @@ score pass (``verify.verify_batch``, across tokenizers where needed). From that 
 acceptance labels of DESIGN §3 — ``token`` (the final stage accepts all of y_k) and ``answer``
 (y_k's task-normalised answer equals the final stage's) — the soft target (accepted fraction),
 the feature inputs of DESIGN §4 and the measured latencies that the evaluation replays (§10).
+A multiple-choice task scored by ``datagen_mc_scoring: loglik`` has no written reply: y_k is
+the option stage k picks in one pass (``asd_core.choice``), and a deeper stage's verification
+is its own pass (accepted when it picks the same option).
 
 Layout (one folder per profile; relative folders are the caller's business)::
 
@@ -59,6 +62,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from asd_core import config
+from asd_core.choice import choice_verdict, respond
 from asd_core.config import StageConfig
 from asd_core.data import SPLITS, Item, Split, get_task, load_task, split_of
 from asd_core.data.splits import DEFAULT_FRACTIONS, check_fractions, task_seed
@@ -166,7 +170,12 @@ class DatagenSpec:
     batch_size: int = 1  # prompts per generate/score call (within a shard and task)
     top_k: int = 2  # alternatives kept per generated token (features need top-1 and top-2)
     return_hidden: bool = False  # also store each output's mean final-layer hidden state
-    max_new_tokens: int = 0  # cap on every task's token budget; 0 = each task's own
+    max_new_tokens: Mapping[str, int] = field(default_factory=dict)  # task -> token budget;
+    # every task needs one (measured: asd_core.budgets)
+    stop_strings: Mapping[str, Sequence[str]] = field(default_factory=dict)  # task -> stop
+    # strings instead of the task's own
+    mc_scoring: str = "loglik"  # multiple choice: "loglik" (one pass, asd_core.choice) or
+    # "generate" (a written reply, letter extracted)
     task_sources: Mapping[str, str] = field(default_factory=dict)  # task -> file or hub id
     # instead of the packaged data
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS  # train/calibration/test
@@ -176,6 +185,9 @@ class DatagenSpec:
         object.__setattr__(self, "stages", tuple(self.stages))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "task_sources", dict(self.task_sources))
+        object.__setattr__(self, "max_new_tokens", dict(self.max_new_tokens))
+        stops = {t: tuple(v) for t, v in self.stop_strings.items()}
+        object.__setattr__(self, "stop_strings", stops)
         object.__setattr__(self, "split_fractions", check_fractions(self.split_fractions))
         if not self.profile:
             raise DatagenError("datagen: 'profile' is empty")
@@ -193,12 +205,26 @@ class DatagenSpec:
             "shard_size": 1,
             "batch_size": 1,
             "top_k": 2,
-            "max_new_tokens": 0,
         }
         for key, low in minimum.items():
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DatagenError(f"datagen_{key}: must be an integer ≥ {low}, got {value!r}")
+        for task in self.tasks:
+            budget = self.max_new_tokens.get(task)
+            if budget is None:
+                raise DatagenError(
+                    f"datagen_max_new_tokens: no token budget for task '{task}' "
+                    "(measure one: python -m asd_core.budgets)"
+                )
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+                raise DatagenError(
+                    f"datagen_max_new_tokens.{task}: must be an integer ≥ 1, got {budget!r}"
+                )
+        if self.mc_scoring not in ("loglik", "generate"):
+            raise DatagenError(
+                f"datagen_mc_scoring: must be 'loglik' or 'generate', got {self.mc_scoring!r}"
+            )
         unknown = sorted(set(self.task_sources) - set(self.tasks))
         if unknown:
             raise DatagenError(f"datagen_task_sources: '{unknown[0]}' is not in tasks")
@@ -235,16 +261,14 @@ class DatagenSpec:
         }
 
     def generation_params(self, task: str) -> GenerationParams:
-        """Greedy settings for ``task``: its budget (capped) and stop strings."""
+        """Greedy settings for ``task``: its budget, stop strings and (loglik) options."""
         spec = get_task(task)
-        budget = spec.max_new_tokens
-        if self.max_new_tokens:
-            budget = min(budget, self.max_new_tokens)
         return GenerationParams(
-            max_new_tokens=budget,
-            stop_strings=spec.stop_strings,
+            max_new_tokens=self.max_new_tokens[task],
+            stop_strings=tuple(self.stop_strings.get(task, spec.stop_strings)),
             top_k=self.top_k,
             return_hidden=self.return_hidden,
+            options=spec.options if self.mc_scoring == "loglik" else (),
         )
 
     def content(self) -> dict[str, Any]:
@@ -266,6 +290,7 @@ class DatagenSpec:
                 t: {
                     "max_new_tokens": self.generation_params(t).max_new_tokens,
                     "stop_strings": list(self.generation_params(t).stop_strings),
+                    "options": list(self.generation_params(t).options),
                 }
                 for t in self.tasks
             },
@@ -282,6 +307,8 @@ DATAGEN_KEYS = (  # DatagenSpec fields set by ``datagen_<field>`` params keys
     "top_k",
     "return_hidden",
     "max_new_tokens",
+    "stop_strings",
+    "mc_scoring",
     "task_sources",
 )
 
@@ -406,7 +433,7 @@ def _generate_stage(
     for task in dict.fromkeys(e.item.task for e in entries):
         idx = [i for i, e in enumerate(entries) if e.item.task == task]
         for chunk in _chunks(idx, spec.batch_size):
-            out = backend.generate([prompts[i] for i in chunk], spec.generation_params(task))
+            out = respond(backend, [prompts[i] for i in chunk], spec.generation_params(task))
             for i, g in zip(chunk, out, strict=True):
                 gens[i], batch_of[i] = g, len(chunk)
     return [g for g in gens if g is not None], batch_of
@@ -465,18 +492,25 @@ def shard_rows(
     )
     # verdicts[k][j][i]: stage j's verification of stage k's output for entry i
     verdicts: list[dict[int, list[Verdict]]] = [{} for _ in range(K)]
+    chosen = [bool(spec.generation_params(e.item.task).options) for e in entries]
     for j in range(1, K):
         for k in range(j):
             drafts = [draft_from_generation(k, g, keys[k]) for g in gens[k]]
-            out: list[Verdict] = []
-            for chunk in _chunks(range(n), spec.batch_size):
-                out += verify_batch(
+            out: list[Verdict | None] = [None] * n
+            for i in range(n):  # a choice is verified by the verifier's own choice pass
+                if chosen[i]:
+                    out[i] = choice_verdict(gens[k][i], gens[j][i], keys[k] != keys[j])
+            todo = [i for i in range(n) if not chosen[i]]
+            for chunk in _chunks(todo, spec.batch_size):
+                found = verify_batch(
                     backends[j],
                     [prompts[j][i] for i in chunk],
                     [drafts[i] for i in chunk],
                     keys[k] == keys[j],
                 )
-            verdicts[k][j] = out
+                for i, v in zip(chunk, found, strict=True):
+                    out[i] = v
+            verdicts[k][j] = [v for v in out if v is not None]
     rows: list[dict[str, Any]] = []
     for i, entry in enumerate(entries):
         scores = [

@@ -6,7 +6,8 @@ are at; each stage runs once on its group (per task, since tasks differ in gener
 and only the inputs that escalate join the group of the stage they jump to. A stage that has
 a draft for an input verifies the latest one and writes the rest itself (``verify.escalate``),
 so the output at any depth is what that stage alone would have written; without a draft it
-generates from scratch.
+generates from scratch. A multiple-choice request (``GenerationParams.options``) is answered by
+each stage's own choice pass (``asd_core.choice``), which also verifies the previous choice.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from asd_core.choice import choice_verdict, respond
 from asd_core.errors import AsdError
 from asd_core.models.base import Backend, Generation, GenerationParams
 from asd_core.models.common import chat_prompt_ids
@@ -233,6 +235,20 @@ class Pipeline:
             groups[(t.request.params, bool(t.runs))].append(t)
         for (params, has_draft), group in groups.items():
             prompts = [self.prompt_ids(stage, t.request) for t in group]
+            if params.options:  # a choice: verified by this stage's own choice pass
+                for t, p, g in zip(group, prompts, respond(backend, prompts, params), strict=True):
+                    if not t.runs:
+                        t.runs.append(StageRun(stage, p, g, None, 0, 0, math.nan, 0.0, g.total_s))
+                        continue
+                    prev = t.runs[-1]
+                    v = choice_verdict(
+                        prev.generation, g, self.keys[prev.stage] != self.keys[stage]
+                    )
+                    frac = v.accepted_fraction
+                    t.runs.append(
+                        StageRun(stage, p, g, prev.stage, 1, v.n_accepted, frac, v.seconds, 0.0)
+                    )
+                continue
             if not has_draft:
                 gens = backend.generate(prompts, params)
                 for t, p, g in zip(group, prompts, gens, strict=True):

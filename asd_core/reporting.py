@@ -3,7 +3,7 @@
 Each artifact ``x.csv`` / ``x.png`` is written to a temporary file in the same folder and moved
 into place with :func:`os.replace`, so a reader never sees half a file and a killed run never
 leaves one behind. Next to it, ``x.csv.provenance.json`` records where it came from: git commit
-(and whether the tree was dirty), the parameter digest, the seed, package versions, hardware and
+(and whether the code outside ``reports/`` was dirty), the parameter digest, the seed, package versions, hardware and
 a UTC timestamp, plus the sha256 of the artifact so a stale sidecar can be spotted.
 """
 
@@ -168,7 +168,9 @@ def provenance(params: Params | Mapping[str, Any], seed: int, **extra: Any) -> d
     ``config.validate_subset``; the digest then covers exactly the keys the notebook used.
     """
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain") if commit else None
+    # the code, params and notebooks that produced a result: reports/ is left out because a
+    # run rewrites the committed reports it is producing, which would mark every run dirty
+    status = _git("status", "--porcelain", "--", ".", ":(exclude)reports") if commit else None
     profile = params.profile if isinstance(params, Params) else params.get("profile")
     return {
         "git_commit": commit,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
 from asd_core import config
+from asd_core.data.tasks import TASKS
 from asd_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +24,15 @@ def test_shipped_profiles_validate(profile: str) -> None:
     assert params.profile == profile
     assert len(params.stages) >= 3
     assert all(lam > 0 for lam in params.lambdas)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_every_task_has_a_token_budget(profile: str) -> None:
+    """A task added to the code (or to a profile's tasks) must come with a measured budget."""
+    params = config.load([BASE, REPO / "params" / f"{profile}.yaml"])
+    missing = set(get_args(config.TaskName)) - set(params.datagen_max_new_tokens)
+    assert not missing, f"params: no datagen_max_new_tokens entry for {sorted(missing)}"
+    assert set(get_args(config.TaskName)) == set(TASKS)
 
 
 def test_paper_profile_maps_tensor_parallel_sizes() -> None:
@@ -68,6 +79,12 @@ BAD_CASES = {
     ),
     "stage sizes vs stages": ("stage_sizes: [1.0]\n", "'stage_sizes': 1 sizes for 3 stages"),
     "fractions not summing to 1": ("split_fractions: [0.5, 0.2, 0.2]\n", "must sum to 1"),
+    "a task without a budget": (
+        "datagen_max_new_tokens: {mmlu: 16, humaneval: 512, truthfulqa: 64}\n",
+        "key 'datagen_max_new_tokens': no token budget for task 'asdiv'",
+    ),
+    "a zero budget": ("datagen_max_new_tokens: {mmlu: 0}\n", "'datagen_max_new_tokens.mmlu'"),
+    "unknown mc scoring": ("datagen_mc_scoring: cloze\n", "'datagen_mc_scoring'"),
     "not a mapping": ("- 1\n- 2\n", "mapping"),
     "broken yaml": ("seed: [1,\n", "not valid YAML"),
 }

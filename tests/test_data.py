@@ -18,7 +18,7 @@ from asd_core.data import packages
 from asd_core.data.__main__ import main as cli_main
 from asd_core.data.loaders import load_task, parse_hub_id
 from asd_core.data.splits import SPLITS, check_fractions, mix, select, split_counts, split_of
-from asd_core.data.tasks import TASKS, Item, gold_answer
+from asd_core.data.tasks import LETTERS, TASKS, Item, gold_answer
 from asd_core.errors import AsdError
 from asd_core.models.common import hit_stop_string
 
@@ -88,7 +88,7 @@ def test_prompts_contain_question_and_options(loaded: dict[str, list[Item]]) -> 
     assert he.code_prompt.strip() in he.question and "```python\n" in he.question
     asdiv = loaded["asdiv"][0]
     assert "Seven red apples and two green apples" in asdiv.question and asdiv.answer == "9"
-    assert "The answer is N." in asdiv.question
+    assert '"The answer is <number>."' in asdiv.question
     tqa = loaded["truthfulqa"][0]
     assert "watermelon seeds" in tqa.question and "Nothing happens" in tqa.references
 
@@ -277,9 +277,8 @@ def test_gold_answer(text: str, gold: str) -> None:
 # --- generation settings ---------------------------------------------------------------------
 
 
-def test_task_specs_are_tight_and_stops_spare_the_opening_fence() -> None:
-    assert TASKS["mmlu"].max_new_tokens <= 16 and TASKS["truthfulqa"].stop_strings == ("\n",)
-    assert all(spec.max_new_tokens <= 256 for spec in TASKS.values())
+def test_stops_spare_the_opening_fence() -> None:
+    assert TASKS["truthfulqa"].stop_strings == ("\n",) and TASKS["mmlu"].options == LETTERS
     stops = TASKS["humaneval"].stop_strings
     answer = (
         "Here is the completed function:\n\n```python\nfrom typing import List\n\n\n"

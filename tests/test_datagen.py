@@ -134,7 +134,7 @@ def make_spec(sources: dict[str, str], **overrides: object) -> datagen.DatagenSp
         "seed": 3,
         "shard_size": 2,
         "batch_size": 2,
-        "max_new_tokens": 8,
+        "max_new_tokens": {t: 8 for t in TASKS},
         "task_sources": sources,
     }
     fields.update(overrides)
@@ -226,7 +226,11 @@ def test_schema_labels_and_features(reference: Reference) -> None:
     assert (df["split"] == [split_of(i) for i in df["item_id"]]).all()
     manifest = df.attrs["manifest"]
     assert df.attrs["complete"] and manifest["profile"] == "test"
-    assert manifest["generation"]["mmlu"] == {"max_new_tokens": 8, "stop_strings": []}
+    assert manifest["generation"]["mmlu"] == {
+        "max_new_tokens": 8,
+        "stop_strings": [],
+        "options": ["A", "B", "C", "D"],
+    }
 
     features = FeatureSet(n_stages=K)
     for item_id, rows in df.groupby("item_id", sort=False):
@@ -451,6 +455,7 @@ def test_folder_of_another_profile_is_refused(
                 "calibration_per_task": 1,
                 "test_per_task": 2,
                 "seed": 3,
+                "max_new_tokens": {t: 8 for t in TASKS},
             }
         ),
         encoding="utf-8",
@@ -472,7 +477,8 @@ def test_folder_of_another_profile_is_refused(
     ("change", "key"),
     [
         ({"shard_size": 3}, "'shard_size'"),
-        ({"max_new_tokens": 9}, "'generation.mmlu.max_new_tokens'"),
+        ({"max_new_tokens": {t: 9 for t in TASKS}}, "'generation.mmlu.max_new_tokens'"),
+        ({"mc_scoring": "generate"}, "'generation.mmlu.options'"),
         ({"test_per_task": 1}, "'per_task.test'"),
         (
             {"stages": (*STAGES[:2], STAGES[2].model_copy(update={"dtype": "bfloat16"}))},
@@ -552,7 +558,7 @@ def test_from_params_reads_flat_keys() -> None:
         "datagen_train_per_task": 3,
         "datagen_calibration_per_task": 1,
         "datagen_test_per_task": 2,
-        "datagen_max_new_tokens": 8,
+        "datagen_max_new_tokens": {"mmlu": 8},
     }
     spec = datagen.DatagenSpec.from_params(params)
     assert spec.stages == STAGES and spec.seed == 4 and spec.per_split["train"] == 3

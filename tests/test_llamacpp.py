@@ -442,3 +442,19 @@ def test_qwen_generation_and_self_acceptance(qwen) -> None:
 def test_qwen_agrees_with_transformers_float32(qwen, models_dir: Path) -> None:
     asset, backend = qwen
     check_runtime_agreement(backend, asset, models_dir)
+
+
+@pytest.mark.integration
+def test_next_logprobs_match_scoring_and_a_one_letter_choice(smol) -> None:
+    from asd_core.choice import choose, option_token_ids
+
+    letters = ("A", "B", "C", "D")
+    ids = option_token_ids(smol.tokenizer, letters)
+    prompt = chat(smol.tokenizer, PROMPTS[5])  # a multiple-choice question
+    (nxt,) = smol.next_logprobs([prompt], ids)
+    scored = [smol.score([prompt], [[t]])[0].logprobs[0] for t in ids]
+    np.testing.assert_allclose(nxt.logprobs, scored, atol=1e-4)  # same pass, same logits
+    (first,) = smol.generate([prompt], GenerationParams(max_new_tokens=1))
+    assert nxt.argmax == first.token_ids[0]
+    (picked,) = choose(smol, [prompt], letters)
+    assert picked.text == letters[int(np.argmax(nxt.logprobs))]

@@ -190,3 +190,24 @@ def test_bad_policies_and_inputs_are_clear(pipe: Pipeline) -> None:
     with pytest.raises(AsdError, match="input 'long'.*context length 256"):
         pipe.run([long], FixedDepth(1, 3))
     assert pipe.run([], FixedDepth(1, 3)) == []
+
+
+MC = GenerationParams(max_new_tokens=4, options=("A", "B", "C", "D"))
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_a_choice_at_any_depth_is_that_stage_own_choice(pipe: Pipeline, depth: int) -> None:
+    from asd_core.choice import choose
+
+    reqs = [
+        Request(f"mc{i}", "mmlu", f"{t}\n\nA. x\nB. y\nC. z\nD. w", MC) for i, t in enumerate(TEXTS)
+    ]
+    traces = pipe.run(reqs, FixedDepth(depth, 3))
+    for req, t in zip(reqs, traces, strict=True):
+        b = pipe.backends[depth]
+        (own,) = choose(b, [chat_prompt_ids(b.tokenizer, req.text)], MC.options)
+        assert t.output.text == own.text and t.output.n_out == 1
+        for prev, run in zip(t.runs, t.runs[1:], strict=False):
+            assert run.from_stage == prev.stage and run.n_draft == 1
+            assert run.n_accepted == int(prev.generation.text == run.generation.text)
+            assert run.generate_s == 0.0 and run.verify_s == run.generation.total_s

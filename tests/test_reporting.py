@@ -77,6 +77,27 @@ def test_provenance_tolerates_no_git(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert reporting.provenance({"seed": 0}, 0)["git_commit"] is None
 
 
+def test_rewritten_reports_do_not_make_the_tree_dirty(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "t.csv").write_text("a\n1\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(reporting, "REPO_ROOT", tmp_path)
+    assert reporting.provenance({"seed": 0}, 0)["git_dirty"] is False
+    (tmp_path / "reports" / "t.csv").write_text("a\n2\n")  # a run rewrote a committed table
+    (tmp_path / "reports" / "new.png").write_bytes(b"png")
+    assert reporting.provenance({"seed": 0}, 0)["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")  # the code is not what was committed
+    assert reporting.provenance({"seed": 0}, 0)["git_dirty"] is True
+
+
 def test_write_table_is_atomic_and_has_a_sidecar(tmp_path: Path) -> None:
     df = pd.DataFrame({"stage": ["a", "b"], "a_s": [0.5, 1.25]})
     prov = reporting.provenance({"seed": 3, "profile": "smoke"}, 3)

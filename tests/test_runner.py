@@ -33,6 +33,7 @@ def layout(tmp_path: Path) -> tuple[Path, list[Path], Path]:
     base.write_text(
         "profile: t\nseed: 7\nlambdas: [1.0]\n"
         "stages:\n  - {name: a, source: 'tiny:layers:1', runtime: transformers}\n"
+        "datagen_max_new_tokens: {mmlu: 4, humaneval: 4, asdiv: 4, truthfulqa: 4}\n"
     )
     return notebooks, [base], tmp_path / "runs"
 

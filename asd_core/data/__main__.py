@@ -27,7 +27,7 @@ def show(
     counts = split_counts(items)
     print(f"{task}: {len(items)} items ({', '.join(f'{s} {counts[s]}' for s in SPLITS)})")
     print(f"answer format: {spec.answer_format}")
-    print(f"max_new_tokens={spec.max_new_tokens} stop_strings={list(spec.stop_strings)}")
+    print(f"stop_strings={list(spec.stop_strings)} options={list(spec.options)}")
     chosen = select(items, split, n, seed) if split else items[:n]
     for item in chosen:
         print(f"\n=== {item.item_id} [{split_of(item.item_id)}] {dict(item.meta)}")

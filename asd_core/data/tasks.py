@@ -2,8 +2,9 @@
 
 A prompt is a plain user message; each stage applies its own chat template later
 (``asd_core.models.common.chat_prompt_ids``), so nothing here is tokenised. The wording is
-short and explicit because the cheapest stages are 135M–1.5B instruct models, and the token
-budgets are tight because CPU decoding runs at tens of tokens per second.
+short and explicit because the cheapest stages are 135M–1.5B instruct models. Token budgets are
+not part of a task: they are parameters (``datagen_max_new_tokens``, one per task), chosen
+from measured output lengths (``python -m asd_core.budgets``).
 
 Loaders hand every task a *canonical row* (a dict with the keys in ``TaskSpec.columns``, plus
 optional extras such as ``subject``), whatever schema the source file used.
@@ -42,11 +43,12 @@ class TaskSpec:
 
     name: str  # key in TASKS and prefix of every item_id
     answer_format: str  # what a good answer looks like, for humans and the scorer's docs
-    max_new_tokens: int  # default generation budget in tokens
     stop_strings: tuple[str, ...]  # generation stops once the decoded output contains one
     columns: tuple[str, ...]  # canonical row keys the prompt and references need
     format_prompt: Callable[[Row], str]  # canonical row -> user message
     references: Callable[[Row], dict[str, Any]]  # canonical row -> Item reference fields
+    options: tuple[str, ...] = ()  # multiple choice: the answers a stage may pick (MMLU's
+    # letters); with ``datagen_mc_scoring: loglik`` a stage picks one in a single pass
 
     def make_item(self, row: Row, index: int) -> Item:
         """The Item of the ``index``-th row of a source."""
@@ -74,7 +76,8 @@ def mmlu_prompt(row: Row) -> str:
     return (
         f"The following is a multiple choice question{about}.\n\n"
         f"{_text(row['question'])}\n\n{options}\n\n"
-        "Answer with the letter of the correct option (A, B, C or D) only."
+        "Reply with a single letter (A, B, C or D): the letter of the correct option. "
+        "Do not explain."
     )
 
 
@@ -122,7 +125,8 @@ def math_prompt(row: Row) -> str:
     problem = " ".join(p for p in (_text(row.get("passage")), _text(row["question"])) if p)
     return (
         "Solve the following math problem. Think step by step in a few short sentences, "
-        'then finish with "The answer is N." where N is the final answer.\n\n'
+        'then finish with the sentence "The answer is <number>." giving the final answer, '
+        'for example "The answer is 12."\n\n'
         f"Problem: {problem}"
     )
 
@@ -163,19 +167,18 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="mmlu",
             answer_format="the letter of the correct option, A-D, compared with answer",
-            max_new_tokens=16,
             # none: the letter usually comes first and EOS follows; a newline stop would cut
             # a reply that opens with a blank line before reaching the letter
             stop_strings=(),
             columns=("question", "A", "B", "C", "D", "answer"),
             format_prompt=mmlu_prompt,
             references=_mmlu_refs,
+            options=LETTERS,
         ),
         TaskSpec(
             name="humaneval",
             answer_format="the whole function in a ```python block; run with code_prompt's "
             "imports and helpers, then test and check(entry_point)",
-            max_new_tokens=256,
             # stops are matched against the whole decoded output, so none may occur in an
             # opening fence ("```python\n", or "\n```python" after a preamble); the others are
             # top-level code that only ever follows the finished function
@@ -195,7 +198,6 @@ TASKS: dict[str, TaskSpec] = {
             name="asdiv",
             answer_format='brief reasoning ending in "The answer is N."; N compared with answer '
             "(a number, or text for the few non-numeric items: meta answer_kind)",
-            max_new_tokens=128,
             # none: the answer ends in an unknown number, which no fixed string can follow;
             # instruct models end the turn (EOS) right after the final sentence
             stop_strings=(),
@@ -206,7 +208,6 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="gsm8k",
             answer_format='brief reasoning ending in "The answer is N."; N compared with answer',
-            max_new_tokens=192,  # multi-step problems need about half again ASDiv's reasoning
             stop_strings=(),
             columns=("question", "answer"),
             format_prompt=math_prompt,
@@ -215,7 +216,6 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="truthfulqa",
             answer_format="one short sentence; scored by max ROUGE-L/BLEU against references",
-            max_new_tokens=48,
             stop_strings=("\n",),
             columns=("question", "answer"),
             format_prompt=truthfulqa_prompt,

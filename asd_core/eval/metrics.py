@@ -24,9 +24,11 @@ Extraction rules, most specific first:
   A-D that stands alone anywhere ("I think B."), a capital "A" before a lowercase word being the
   article; else the only option whose text the reply quotes. Several candidates: None. The
   documented alternative, scoring each option by its log-likelihood, is :func:`choose_by_loglik`.
-- Numbers: after the last GSM8K "####"; else the first number after the last "answer is" /
-  "answer:". Nothing else counts: the prompt asks for that final form, and a number taken from
-  the middle of the reasoning is not an answer. Thousands commas, signs, decimals, "$", units
+- Numbers: after the last GSM8K "####"; else the first number of whichever final form comes
+  last: "answer is" / "answer:" (up to the end of that sentence) or LaTeX ``\\boxed{...}``
+  (Qwen models box their answers out of habit, even when asked for the sentence). Nothing else
+  counts: the prompt asks for a final form, and a number taken from the middle of the
+  reasoning is not an answer. Thousands commas, signs, decimals, "$", units
   and fractions ("3/4" equals 0.75) are understood; numbers match within a relative 1e-6.
 - Code: the first fenced block that defines the entry point (else the first block; else the
   bare text). A block that defines the entry point is run after the whole prompt (whose
@@ -225,6 +227,7 @@ _NUMBER = re.compile(
 _ANSWER_PHRASE = re.compile(
     r"\banswer\s*(?:is|:|=|would be|will be|should be|of)?\s*[:=]?", re.IGNORECASE
 )
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")  # one level of nested braces
 
 
 def _to_fraction(match: re.Match[str]) -> Fraction | None:
@@ -250,12 +253,14 @@ def extract_number(text: str) -> Fraction | None:
         if after:
             return after[0]
     phrases = list(_ANSWER_PHRASE.finditer(text))
-    if phrases:
+    boxes = list(_BOXED.finditer(text))
+    stated: list[Fraction] = []
+    if boxes and (not phrases or boxes[-1].start() >= phrases[-1].start()):
+        stated = numbers_in(boxes[-1].group(1))
+    elif phrases:
         sentence = re.split(r"\n|(?<=[^\d])\.(?:\s|$)", text[phrases[-1].end() :], maxsplit=1)[0]
         stated = numbers_in(sentence)
-        if stated:
-            return stated[0]
-    return None
+    return stated[0] if stated else None
 
 
 def parse_gold_number(gold: str) -> Fraction | None:
@@ -293,7 +298,9 @@ def number_accuracy(text: str, gold: str) -> float:
 
 
 def _stated_answer(text: str) -> str:
-    phrases = list(_ANSWER_PHRASE.finditer(text))
+    boxes, phrases = list(_BOXED.finditer(text)), list(_ANSWER_PHRASE.finditer(text))
+    if boxes and (not phrases or boxes[-1].start() >= phrases[-1].start()):
+        return boxes[-1].group(1).strip()
     tail = text[phrases[-1].end() :] if phrases else text.strip().rsplit("\n", 1)[-1]
     return tail.strip().split("\n", 1)[0].rstrip(".")
 

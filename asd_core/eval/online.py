@@ -54,6 +54,7 @@ def requests_for(
             max_new_tokens=g["max_new_tokens"],
             stop_strings=tuple(g["stop_strings"]),
             top_k=int(manifest.get("top_k", 2)),
+            options=tuple(g.get("options", ())),
         )
         for t, g in manifest["generation"].items()
     }

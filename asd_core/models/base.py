@@ -30,6 +30,8 @@ class GenerationParams:
     top_k: int = 5  # alternatives reported per generated token (top-k ids and logprobs)
     ignore_eos: bool = False  # keep going past EOS (profiling needs exact output lengths)
     return_hidden: bool = False  # also return the mean-pooled final-layer hidden state
+    options: tuple[str, ...] = ()  # multiple choice: pick one of these in one pass instead of
+    # writing (asd_core.choice.respond dispatches; a backend's generate ignores this)
 
 
 @dataclass
@@ -73,6 +75,19 @@ class Scoring:
     top_ids: np.ndarray | None = None  # (m + 1, k) int64, most probable tokens of each row
     top_logprobs: np.ndarray | None = None  # (m + 1, k) float32, their log-probabilities, nats
     entropy: np.ndarray | None = None  # (m + 1,) float32, next-token entropy of each row, nats
+
+
+@dataclass
+class NextTokens:
+    """The model's next-token distribution right after a prompt, read at given tokens.
+
+    What a multiple-choice stage needs (``asd_core.choice``): one pass over the prompt, then the
+    log-probability of each option's first token.
+    """
+
+    logprobs: np.ndarray  # (c,) float32, log p(token_ids[i]) under the full distribution, nats
+    argmax: int  # the model's greedy next token over the whole vocabulary
+    seconds: float  # wall-clock seconds of this prompt's pass
 
 
 @dataclass
@@ -134,6 +149,12 @@ class Backend(Protocol):
 
         ``top_k`` > 0 also fills the per-row statistics (:class:`Scoring`).
         """
+        ...
+
+    def next_logprobs(
+        self, prompts: Sequence[TokenIds], token_ids: Sequence[int]
+    ) -> list[NextTokens]:
+        """Log-probabilities of ``token_ids`` as the next token after each prompt (one pass each)."""
         ...
 
     def resume(

@@ -59,6 +59,14 @@ def token_stats(logits: np.ndarray, chosen: np.ndarray, top_k: int) -> tuple[np.
     )
 
 
+def log_softmax_at(logits: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+    """(c,) float32 log-softmax of one (V,) logits row, read at ``token_ids`` (c,), nats."""
+    x = np.asarray(logits, dtype=np.float64)
+    top = x.max()
+    log_z = top + np.log(np.exp(x - top).sum())
+    return (x[np.asarray(token_ids, dtype=np.int64)] - log_z).astype(np.float32)
+
+
 def _top_k(shifted_row: np.ndarray, k: int) -> np.ndarray:
     """Ids of the ``k`` largest entries of one (V,) row whose maximum is 0, largest first.
 

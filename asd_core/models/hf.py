@@ -35,6 +35,7 @@ from asd_core.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,
+    NextTokens,
     Prefix,
     Scoring,
     StageInfo,
@@ -48,6 +49,7 @@ from asd_core.models.common import (
     eos_ids,
     finished_prefix,
     join_generation,
+    log_softmax_at,
     token_stats,
 )
 from asd_core.models.registry import register, resolve
@@ -371,6 +373,22 @@ class TransformersBackend:
                 )
             )
         return results
+
+    @torch.inference_mode()
+    def next_logprobs(
+        self, prompts: Sequence[TokenIds], token_ids: Sequence[int]
+    ) -> list[NextTokens]:
+        """One forward pass per prompt (logits of its last position), read at ``token_ids``."""
+        check_prompts(prompts, self.stage.context_length, 0, self.stage.name)
+        wanted = np.asarray(token_ids, dtype=np.int64)
+        out = []
+        for p in prompts:
+            start = self.clock()
+            cache = DynamicCache(config=self.model.config)
+            row = self._forward(list(p), [], cache, keep=1)[-1].cpu().numpy()
+            out.append(NextTokens(log_softmax_at(row, wanted), int(row.argmax()), 0.0))
+            out[-1].seconds = self.clock() - start
+        return out
 
     def close(self) -> None:
         self.model = None

@@ -38,6 +38,7 @@ from asd_core.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,
+    NextTokens,
     Prefix,
     Scoring,
     StageInfo,
@@ -52,6 +53,7 @@ from asd_core.models.common import (
     finished_prefix,
     hit_stop_string,
     join_generation,
+    log_softmax_at,
     token_stats,
 )
 from asd_core.models.registry import register, resolve
@@ -436,6 +438,24 @@ class LlamaCppBackend:
             self._feed(prompt + cont, 0, n_p - 1, reduce)
         seconds = self.clock() - start
         return Scoring(argmax[:m], given, int(argmax[m]), seconds, top_ids, top_lp, ent)
+
+    def next_logprobs(
+        self, prompts: Sequence[TokenIds], token_ids: Sequence[int]
+    ) -> list[NextTokens]:
+        """One prompt pass each (logits of the last position only), read at ``token_ids``."""
+        self._check_open()
+        check_prompts(prompts, self.stage.context_length, 0, self.stage.name)
+        wanted = np.asarray(token_ids, dtype=np.int64)
+        out = []
+        for p in prompts:
+            prompt = [int(t) for t in p]
+            start = self.clock()
+            self._clear()
+            self._feed(prompt, 0, len(prompt) - 1)
+            row = self._last_logits()
+            out.append(NextTokens(log_softmax_at(row, wanted), int(row.argmax()), 0.0))
+            out[-1].seconds = self.clock() - start
+        return out
 
     def close(self) -> None:
         """Free the batch, the context and the weights; safe to call twice."""

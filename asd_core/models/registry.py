@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from asd_core.config import StageConfig
 from asd_core.errors import AsdError, ConfigError
 from asd_core.models import assets
-from asd_core.models.base import Backend
+from asd_core.models.base import Backend, Tokenizer
 
 # A backend class (or function) called as factory(stage, models_dir) -> Backend.
 BackendFactory = Callable[..., Any]
@@ -121,3 +121,13 @@ def resolve(stage: StageConfig, models_dir: str | Path, want: str) -> ResolvedSo
             f"stage '{stage.name}': runtime llamacpp needs 'package:<asset>', a .gguf path or 'repo:file.gguf'"
         )
     return ResolvedSource(src, src, False)  # hub id, loaded by the runtime when online
+
+
+def load_tokenizer(stage: StageConfig, models_dir: str | Path) -> Tokenizer:
+    """A stage's tokenizer alone (no weights loaded), e.g. to count or cut its tokens."""
+    from transformers import AutoTokenizer
+
+    want = "gguf" if stage.runtime == "llamacpp" else "hf"
+    # typed Any as in the backends: HF's stubs type decode() as str | list[str]
+    tokenizer: Any = AutoTokenizer.from_pretrained(resolve(stage, models_dir, want).tokenizer)
+    return tokenizer

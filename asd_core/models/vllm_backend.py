@@ -38,6 +38,7 @@ from asd_core.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,
+    NextTokens,
     Prefix,
     Scoring,
     StageInfo,
@@ -372,6 +373,28 @@ class VllmBackend:
                 )
             )
         return results
+
+    def next_logprobs(
+        self, prompts: Sequence[TokenIds], token_ids: Sequence[int]
+    ) -> list[NextTokens]:
+        """Each prompt + one candidate token, scored in one engine call.
+
+        vLLM reports log-probabilities only for the top tokens and the given ones, so every
+        candidate is its own one-token continuation; automatic prefix caching computes the
+        shared prompt once. ``seconds`` is each prompt's share of the call.
+        """
+        wanted = [int(t) for t in token_ids]
+        flat = [p for p in prompts for _ in wanted]
+        scored = self.score(flat, [[t] for _ in prompts for t in wanted])
+        c = len(wanted)
+        return [
+            NextTokens(
+                np.array([s.logprobs[0] for s in scored[i * c : (i + 1) * c]], np.float32),
+                int(scored[i * c].argmax_ids[0]),
+                sum(s.seconds for s in scored[i * c : (i + 1) * c]),
+            )
+            for i in range(len(prompts))
+        ]
 
     def close(self) -> None:
         """Shut the engine (and its processes) down so another engine can start here."""
