@@ -6,11 +6,15 @@ length and stop reason of every reply are kept. A budget that cuts a stage's ans
 them unscoreable (a cut reply has no final answer), so the table reports, per stage and task,
 the length percentiles and the share that reached the cap, and proposes a budget per task:
 
-    budget = max(2 × p99 of the deepest stage, 1.2 × p99 of every stage that ended on its own
-    on ≥ 95% of the items), rounded up to a multiple of 16
+    budget = max(2 × p99_own of the deepest stage, 1.2 × p99_own of every stage that ended on
+    its own on ≥ 95% of the items), rounded up to a multiple of 16
 
-so the deepest stage has room to spare and a stage that rambles to any cap (it never stops on
-its own) does not decide the budget; its truncation rate is reported with that reason.
+where ``p99_own`` is the 99th percentile over the replies that ended on their own (EOS or a
+stop string). A reply that reached the generous cap is a loop, not a long answer: its length
+says nothing but "the cap", and with 50 items one such reply would be the p99. So the deepest
+stage has room to spare, the few runaway replies of a sound stage are cut (and counted), and
+a stage that rambles to any cap on more than 5% of the items does not decide the budget; its
+truncation rate is reported with that reason.
 
     python -m asd_core.budgets --profile cpu --n 50 --cap 1024
 
@@ -52,8 +56,12 @@ def sample_items(task: str, data_dir: Path, n: int, seed: int) -> list:
 
 
 def length_table(records: pd.DataFrame, cap: int) -> pd.DataFrame:
-    """Per stage × task: items, output-length percentiles (tokens), share stopped by the cap."""
-    grouped = records.groupby(["stage", "stage_name", "task"], sort=True)
+    """Per stage × task: items, output-length percentiles (tokens), share stopped by the cap.
+
+    ``p99_own`` is over the replies that ended on their own (0 when none did).
+    """
+    own = records["n_out"].where(records["stop_reason"] != "length")  # NaN: reached the cap
+    grouped = records.assign(n_own=own).groupby(["stage", "stage_name", "task"], sort=True)
     return (
         grouped.agg(
             n=("n_out", "size"),
@@ -61,6 +69,7 @@ def length_table(records: pd.DataFrame, cap: int) -> pd.DataFrame:
             p90=("n_out", lambda s: float(np.percentile(s, 90))),
             p99=("n_out", lambda s: float(np.percentile(s, 99))),
             max=("n_out", "max"),
+            p99_own=("n_own", lambda s: float(np.nanpercentile(s, 99)) if s.notna().any() else 0.0),
             stopped_by_cap=("stop_reason", lambda s: float((s == "length").mean())),
         )
         .reset_index()
@@ -73,9 +82,10 @@ def propose_budgets(table: pd.DataFrame, deepest: int, rambling_share: float = 0
     out = {}
     for task, rows in table.groupby("task"):
         deep = rows[rows["stage"] == deepest]
-        wanted = [2 * float(deep["p99"].iloc[0])] if len(deep) else []
+        wanted = [2 * float(deep["p99_own"].iloc[0])] if len(deep) else []
         rambling = rows[rows["stopped_by_cap"] > rambling_share]
-        wanted += [1.2 * p for p in rows.loc[rows["stopped_by_cap"] <= rambling_share, "p99"]]
+        sound = rows["stopped_by_cap"] <= rambling_share
+        wanted += [1.2 * p for p in rows.loc[sound, "p99_own"]]
         budget = int(ROUND_TO * math.ceil(max(wanted, default=ROUND_TO) / ROUND_TO))
         out[str(task)] = (budget, list(rambling["stage_name"]))
     return out
@@ -175,6 +185,7 @@ def fixture_rows(
                 ids = tok.encode(text, add_special_tokens=False)[:budget]
                 text, n_out, reason = tok.decode(ids, skip_special_tokens=True), budget, "length"
             item = items[str(rec["item_id"])]
+            scored = score_item(item, text, None, reason == "length")
             refs = {f: getattr(item, f) for f in FIXTURE_FIELDS}
             refs["references"], refs["meta"] = list(item.references), dict(item.meta)
             out.append(
@@ -187,6 +198,8 @@ def fixture_rows(
                     "n_out": n_out,
                     "stop_reason": reason,
                     "cut_at_budget": budget if i in cut else None,
+                    "expected_answer": scored.extracted,  # as scored when saved (reviewed)
+                    "expected_correct": scored.correct,
                     **refs,
                 }
             )

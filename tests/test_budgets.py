@@ -34,3 +34,21 @@ def test_budget_doubles_the_deepest_p99_and_ignores_a_rambling_stage() -> None:
     wanted = max(2 * deep["p99"], 1.2 * mid["p99"])  # 201 and 146: rounded up to 16s
     assert budget == 16 * math.ceil(wanted / 16) == 208
     assert rambling == ["small"]
+
+
+def test_replies_that_reach_the_cap_do_not_set_the_budget() -> None:
+    cap = 1024
+    rows = records(2, "deep", "truthfulqa", [10] * 49 + [30], cap) + records(
+        0,
+        "small",
+        "truthfulqa",
+        [20] * 48 + [cap] * 2,
+        cap,  # two loops: 4%, still sound
+    )
+    table = budgets.length_table(pd.DataFrame(rows), cap)
+    small = table[table["stage_name"] == "small"].iloc[0]
+    assert small["p99"] == cap and small["p99_own"] == 20  # the loops are left out
+    budget, rambling = budgets.propose_budgets(table, deepest=2)["truthfulqa"]
+    deep_own = table[table["stage_name"] == "deep"].iloc[0]["p99_own"]
+    assert budget == 16 * math.ceil(max(2 * deep_own, 1.2 * 20) / 16) < 100
+    assert rambling == []

@@ -29,7 +29,10 @@ Extraction rules, most specific first:
   (Qwen models box their answers out of habit, even when asked for the sentence). Nothing else
   counts: the prompt asks for a final form, and a number taken from the middle of the
   reasoning is not an answer. Thousands commas, signs, decimals, "$", units
-  and fractions ("3/4" equals 0.75) are understood; numbers match within a relative 1e-6.
+  and fractions ("3/4" equals 0.75) are understood; numbers match within a relative 1e-6. A
+  final form that states no number ("The answer is Jake's stables.", for the tenth of ASDiv
+  whose gold is text) keys as its normalised text; a copied placeholder ("The answer is
+  <number>.") is no answer.
 - Code: the first fenced block that defines the entry point (else the first block; else the
   bare text). A block that defines the entry point is run after the whole prompt (whose
   imports and helpers it may use); anything else is taken as the function's body and appended
@@ -305,9 +308,20 @@ def _stated_answer(text: str) -> str:
     return tail.strip().split("\n", 1)[0].rstrip(".")
 
 
+# what a reply copies from the prompt's instructions instead of answering ("The answer is N.")
+_PLACEHOLDERS = frozenset({"", "n", "x", "number", "the number", "final answer"})
+
+
 def number_key(text: str) -> str:
+    """The canonical final number; for a non-numeric final answer ("Jake's stables", about a
+    tenth of ASDiv) its normalised text, prefixed "text:"; "" without a final form."""
     value = extract_number(text)
-    return "" if value is None else format_number(value)
+    if value is not None:
+        return format_number(value)
+    if _BOXED.search(text) is None and _ANSWER_PHRASE.search(text) is None:
+        return ""
+    stated = _normalise(_stated_answer(text))
+    return "" if stated in _PLACEHOLDERS else f"text:{stated}"
 
 
 # ----------------------------------------------------------------------- code (HumanEval) ---
