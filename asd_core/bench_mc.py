@@ -31,7 +31,7 @@ from asd_core.eval.metrics import score_item
 from asd_core.models.base import Backend, GenerationParams
 from asd_core.models.common import chat_prompt_ids
 from asd_core.reporting import provenance, repo_path, write_table
-from asd_core.validity import wilson
+from asd_core.stats import wilson
 
 TASK: Final = "mmlu"
 

@@ -166,12 +166,12 @@ def fixture_rows(
     for (stage, task), cell in records.groupby(["stage_name", "task"], sort=True):
         cell = cell.reset_index(drop=True)
         capped = [i for i in cell.index if cell.at[i, "stop_reason"] == "length"]
-        unread = [
-            i
+        scores = {  # replies as written; a capped one has no answer by definition
+            i: score_item(items[cell.at[i, "item_id"]], cell.at[i, "text"], None)
             for i in cell.index
             if i not in capped
-            and not score_item(items[cell.at[i, "item_id"]], cell.at[i, "text"], None).extracted
-        ]
+        }
+        unread = [i for i, s in scores.items() if not s.extracted]
         chosen = capped[: per_cell // 3] + unread[: per_cell // 3]
         rest = [i for i in rng.permutation(len(cell)) if i not in chosen]
         tok, budget = tokenizers[str(stage)], old_budgets.get(str(task), 0)
@@ -185,7 +185,8 @@ def fixture_rows(
                 ids = tok.encode(text, add_special_tokens=False)[:budget]
                 text, n_out, reason = tok.decode(ids, skip_special_tokens=True), budget, "length"
             item = items[str(rec["item_id"])]
-            scored = score_item(item, text, None, reason == "length")
+            scored = scores.get(i) if i not in cut else None
+            scored = scored or score_item(item, text, None, reason == "length")
             refs = {f: getattr(item, f) for f in FIXTURE_FIELDS}
             refs["references"], refs["meta"] = list(item.references), dict(item.meta)
             out.append(

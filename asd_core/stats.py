@@ -25,6 +25,7 @@ from numpy.typing import ArrayLike
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
 
 from asd_core.errors import AsdError
 
@@ -88,6 +89,14 @@ def _as_sample(x: ArrayLike, what: str) -> np.ndarray:
 
 def _as_generator(seed: int | np.random.Generator) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (good at n ≈ 50, never outside [0, 1]); NaN at n 0."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    low, high = proportion_confint(successes, n, alpha=1 - confidence, method="wilson")
+    return float(low), float(high)
 
 
 def bootstrap_ci(

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.proportion import proportion_confint
+
+from asd_core.stats import wilson
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,14 +46,6 @@ def model_of(source: str) -> str:
     return name.removesuffix(".gguf").lower()
 
 
-def wilson(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval of a proportion (exact enough at n ≈ 50, never outside [0, 1])."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    low, high = proportion_confint(successes, n, alpha=1 - confidence, method="wilson")
-    return float(low), float(high)
-
-
 def validity_table(
     df: pd.DataFrame, stage_sources: Sequence[str], published: pd.DataFrame | None = None
 ) -> pd.DataFrame:
@@ -68,7 +61,7 @@ def validity_table(
     for (task, stage, name), g in df.groupby(["task", "stage", "stage_name"], sort=True):
         scored = g["correct"].dropna()
         n, wins = len(scored), int(round(scored.sum()))
-        low, high = wilson(wins, n)
+        low, high = wilson(wins, n, CONFIDENCE)
         model = model_of(stage_sources[int(stage)])
         ref: Mapping[str, Any] = (
             pub.loc[(model, task)].to_dict() if (model, task) in pub.index else {}

@@ -386,8 +386,8 @@ class TransformersBackend:
             start = self.clock()
             cache = DynamicCache(config=self.model.config)
             row = self._forward(list(p), [], cache, keep=1)[-1].cpu().numpy()
-            out.append(NextTokens(log_softmax_at(row, wanted), int(row.argmax()), 0.0))
-            out[-1].seconds = self.clock() - start
+            logprobs, best = log_softmax_at(row, wanted), int(row.argmax())
+            out.append(NextTokens(logprobs, best, self.clock() - start))
         return out
 
     def close(self) -> None:

@@ -453,8 +453,8 @@ class LlamaCppBackend:
             self._clear()
             self._feed(prompt, 0, len(prompt) - 1)
             row = self._last_logits()
-            out.append(NextTokens(log_softmax_at(row, wanted), int(row.argmax()), 0.0))
-            out[-1].seconds = self.clock() - start
+            logprobs, best = log_softmax_at(row, wanted), int(row.argmax())
+            out.append(NextTokens(logprobs, best, self.clock() - start))
         return out
 
     def close(self) -> None:
