@@ -15,10 +15,13 @@ skip into k it is missing (NaN, with its indicator off), both online and in repl
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -30,9 +33,10 @@ from asd_core.features import VERIFICATION_NAMES, StageView, previous_acceptance
 from asd_core.models.common import chat_prompt_ids
 from asd_core.predictor import LABEL_COLUMNS, QualityPredictor, entry_features
 
-CostSource = Literal[
-    "measured", "flops"
-]  # seconds measured, or a deterministic size × tokens proxy
+# seconds as measured in data generation, seconds predicted by the cost model fitted on
+# single-sequence runs (notebook 01; see with_model_costs), or a deterministic size × tokens proxy
+CostSource = Literal["measured", "model", "flops"]
+VERIFY_BLOCK = 32  # rows a verification pass scores past the first mismatch, at most (llama.cpp)
 
 if TYPE_CHECKING:
     from asd_core.pipeline import Request, StageRun, Trace
@@ -99,10 +103,156 @@ def per_input_costs(
     if source == "flops":
         return flops_costs(df, n_stages, sizes)
     df = _by_item(df, n_stages)
-    lat, prefill, n_out = (_per_input(df, c, n_stages) for c in ("latency_s", "prefill_s", "n_out"))
+    n_out = _per_input(df, "n_out", n_stages)
+    accepted = _per_pair(df, "accepted_by", n_stages)
+    if source == "model":
+        missing = [c for c in MODEL_COST_COLUMNS if c not in df.columns]
+        if missing:
+            raise AsdError(
+                f"cost_source 'model': the generations lack '{missing[0]}'; add the cost model "
+                "of notebook 01 first (adaptive.with_model_costs)"
+            )
+        lat, rate = (_per_input(df, c, n_stages) for c in ("model_latency_s", "model_decode_s"))
+        return lat, _escalations(
+            _per_pair(df, "model_verify_s_by", n_stages), rate, n_out, accepted
+        )
+    lat, prefill = (_per_input(df, c, n_stages) for c in ("latency_s", "prefill_s"))
     rate = (lat - prefill) / np.maximum(n_out - 1, 1)  # (N, K) s per decoded token
     verify = _per_pair(df, "verify_s_by", n_stages)
-    return lat, _escalations(verify, rate, n_out, _per_pair(df, "accepted_by", n_stages))
+    return lat, _escalations(verify, rate, n_out, accepted)
+
+
+# -- costs from the fitted cost model ------------------------------------------------------------
+MODEL_COST_COLUMNS = ("model_latency_s", "model_decode_s", "model_verify_s_by")
+_COEFFICIENTS = (
+    "a_s",
+    "b_s_per_in_token",
+    "d_s_per_out_token",
+    "score_a_s",
+    "score_b_s_per_token",
+)
+
+
+def scored_tokens(drafted: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """Draft tokens a verification pass feeds: up to the end of the block of
+    :data:`VERIFY_BLOCK` rows holding the first mismatch, the whole draft if all is accepted."""
+    blocks = (np.maximum(accepted, 0) // VERIFY_BLOCK + 1) * VERIFY_BLOCK
+    return np.minimum(drafted, blocks - 1)
+
+
+def with_model_costs(
+    df: pd.DataFrame, cost_model: pd.DataFrame, stage_names: Sequence[str]
+) -> pd.DataFrame:
+    """``df`` with each row's costs as the cost model of notebook 01 predicts them.
+
+    ``cost_model`` is ``tables/cost_model.csv`` (one row per stage, fitted on runs of one
+    sequence at a time); ``stage_names`` maps stage indices to its ``stage`` column. Adds
+    ``model_latency_s`` (a + b·n_in + d·n_out), ``model_decode_s`` (d, s per token) and
+    ``model_verify_s_by`` (per verifying stage j: a'_j + b'_j·(n_in_j + tokens scored), NaN
+    where j does not verify this row): what ``cost_source: model`` replays with, so per-input
+    costs stay those of one sequence alone when generation ran batched.
+    """
+    table = cost_model.set_index("stage")
+    for name in stage_names:
+        if name not in table.index:
+            raise AsdError(f"cost model: no row for stage '{name}' (re-run notebook 01)")
+    coef = table.loc[list(stage_names), list(_COEFFICIENTS)].to_numpy(float)  # (K, 5)
+    a, b, d, sa, sb = coef.T
+    K = len(stage_names)
+    out = _by_item(df, K)
+    k = out["stage"].to_numpy()
+    n_in, n_out = out["n_in"].to_numpy(float), out["n_out"].to_numpy(float)
+    own_in = _per_input(out, "n_in", K)  # (N, K): each verifier's own prompt length
+    drafted, accepted = _per_pair(out, "drafted_by", K), _per_pair(out, "accepted_by", K)
+    scored = scored_tokens(drafted, accepted)
+    verify = sa + sb * (own_in[:, None, :] + scored)  # (N, K, K): row k's draft verified by j
+    verify = np.where(drafted >= 0, verify, np.nan)
+    out = out.assign(
+        model_latency_s=a[k] + b[k] * n_in + d[k] * n_out,
+        model_decode_s=d[k],
+        model_verify_s_by=list(verify.reshape(-1, K)),
+    )
+    return out
+
+
+def costed(
+    df: pd.DataFrame,
+    cost_source: CostSource,
+    cost_model_csv: str | os.PathLike[str],
+    stage_names: Sequence[str],
+) -> pd.DataFrame:
+    """``df`` ready for ``cost_source``: with :func:`with_model_costs`' columns when it is
+    "model" (the cost model read from ``cost_model_csv``, notebook 01's table), else as is."""
+    if cost_source != "model":
+        return df
+    path = Path(cost_model_csv)
+    if not path.is_file():
+        raise AsdError(f"{path}: no cost model (run notebook 01_profiling first)")
+    out = with_model_costs(df, pd.read_csv(path), stage_names)
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def cost_model_check(df: pd.DataFrame, stage_names: Sequence[str]) -> pd.DataFrame:
+    """How well the cost model predicts the rows timed one sequence at a time (``gen_batch`` 1).
+
+    One row per stage and kind — ``generation``, and ``verification`` of shallower stages'
+    drafts by that stage — with the number of timings, R² of measured on predicted seconds
+    and the median absolute relative error. ``df`` carries :func:`with_model_costs`' columns.
+    """
+    solo = df[df["gen_batch"] == 1]
+    stage = solo["stage"].to_numpy()
+    gen_y, gen_hat = solo["latency_s"].to_numpy(float), solo["model_latency_s"].to_numpy(float)
+    rows = [
+        _fit_row(name, "generation", gen_y[stage == j], gen_hat[stage == j])
+        for j, name in enumerate(stage_names)
+    ]
+    K = len(stage_names)
+
+    def by_verifier(column: str) -> np.ndarray:
+        values = [np.asarray(v, float) for v in solo[column]]
+        return np.stack(values) if values else np.zeros((0, K))
+
+    ver_y, ver_hat = by_verifier("verify_s_by"), by_verifier("model_verify_s_by")
+    for j in range(1, K):
+        ok = np.isfinite(ver_y[:, j]) & np.isfinite(ver_hat[:, j])
+        rows.append(_fit_row(stage_names[j], "verification", ver_y[ok, j], ver_hat[ok, j]))
+    return pd.DataFrame(rows)
+
+
+def check_cost_model(
+    df: pd.DataFrame, cost_model_csv: str | os.PathLike[str], stage_names: Sequence[str]
+) -> pd.DataFrame:
+    """:func:`cost_model_check` against the cost model in ``cost_model_csv``; an empty table
+    when notebook 01 has not written one (the check needs it; nothing else here does)."""
+    if not Path(cost_model_csv).is_file():
+        logging.getLogger(__name__).warning(
+            "no cost model at %s (notebook 01 writes it): check skipped", cost_model_csv
+        )
+        return pd.DataFrame(columns=["stage", "kind", "n", "r2", "median_abs_rel_err"])
+    return cost_model_check(costed(df, "model", cost_model_csv, stage_names), stage_names)
+
+
+def _fit_row(stage: str, kind: str, y: np.ndarray, yhat: np.ndarray) -> dict[str, Any]:
+    """n, R² and median |relative error| of measured ``y`` against predicted ``yhat``."""
+    n = len(y)
+    if n < 2:
+        return {
+            "stage": stage,
+            "kind": kind,
+            "n": n,
+            "r2": math.nan,
+            "median_abs_rel_err": math.nan,
+        }
+    ss_res = float(np.sum((y - yhat) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return {
+        "stage": stage,
+        "kind": kind,
+        "n": n,
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan,
+        "median_abs_rel_err": float(np.median(np.abs(y - yhat) / np.maximum(y, 1e-9))),
+    }
 
 
 def flops_costs(

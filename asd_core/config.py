@@ -48,6 +48,11 @@ class StageConfig(BaseModel):
     # score (verify) one token at a time, bit-identical to generation; batched scoring is several
     # times faster but its kernels round differently, which can flip near-tie tokens
     exact_scoring: bool = False
+    # sequences decoded together (llama.cpp: one key/value slot each, allocated at load)
+    max_batch: PositiveInt = 8
+    # verification and resumed outputs start from the prompt's keys/values when the stage
+    # still holds them (its own generation of that prompt); false recomputes the prompt
+    reuse_prompts: bool = True
 
 
 class Params(BaseModel):
@@ -89,6 +94,8 @@ class Params(BaseModel):
     datagen_test_per_task: Annotated[int, Field(ge=0)] = 12  # test split (at most)
     datagen_shard_size: PositiveInt = 4  # items per Parquet shard; a kill loses at most one shard
     datagen_batch_size: PositiveInt = 1  # prompts per generate/score call; 1 = per-input latency
+    # > 0: every n-th shard runs one sequence at a time, no prompt reuse (checks the cost model)
+    datagen_solo_every: Annotated[int, Field(ge=0)] = 0
     datagen_top_k: Annotated[int, Field(ge=2)] = 2  # alternatives kept per generated token
     datagen_return_hidden: bool = False  # store each output's mean final-layer hidden state
     # token budget of each task (every task in ``tasks`` needs one), measured with
@@ -125,11 +132,15 @@ class Params(BaseModel):
     belief_bins: PositiveInt = 20  # belief bins B of the DP
     transition_smoothing: PositiveFloat = 1.0  # pseudo-count per transition cell
     cost_mode: Literal["table", "per_input"] = "table"  # solved table, or re-solve per input
-    # what replay and the solver count as cost: measured seconds, or size × tokens (deterministic,
-    # for profiles whose timings are noise, like smoke)
-    cost_source: Literal["measured", "flops"] = "measured"
+    # what replay and the solver count as cost: seconds measured in data generation, seconds the
+    # cost model of notebook 01 predicts for one sequence alone ("model": for batched generation),
+    # or size × tokens (deterministic, for profiles whose timings are noise, like smoke)
+    cost_source: Literal["measured", "model", "flops"] = "measured"
     # -- evaluation (DESIGN §10) --
     eval_seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [1, 2, 3, 4, 5]
+    # cross-fitting: items dealt into folds by a stable hash; each fold is evaluated by methods
+    # fitted on the others
+    eval_folds: Annotated[int, Field(ge=2)] = 5
     online_lambdas: Annotated[list[PositiveFloat], Field(min_length=1)] = [
         1.0,
         10.0,

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -168,6 +169,8 @@ class DatagenSpec:
     seed: int = 0  # draws the item sample and the item order
     shard_size: int = 8  # items per Parquet shard: a kill loses at most one shard's work
     batch_size: int = 1  # prompts per generate/score call (within a shard and task)
+    solo_every: int = 0  # > 0: every n-th shard (0, n, 2n, …) runs one sequence at a time and
+    # without prompt reuse, so its times check the cost model of one sequence alone
     top_k: int = 2  # alternatives kept per generated token (features need top-1 and top-2)
     return_hidden: bool = False  # also store each output's mean final-layer hidden state
     max_new_tokens: Mapping[str, int] = field(default_factory=dict)  # task -> token budget;
@@ -204,6 +207,7 @@ class DatagenSpec:
             "seed": 0,
             "shard_size": 1,
             "batch_size": 1,
+            "solo_every": 0,
             "top_k": 2,
         }
         for key, low in minimum.items():
@@ -284,6 +288,7 @@ class DatagenSpec:
             "seed": self.seed,
             "shard_size": self.shard_size,
             "batch_size": self.batch_size,
+            "solo_every": self.solo_every,
             "top_k": self.top_k,
             "return_hidden": self.return_hidden,
             "generation": {
@@ -304,6 +309,7 @@ DATAGEN_KEYS = (  # DatagenSpec fields set by ``datagen_<field>`` params keys
     "test_per_task",
     "shard_size",
     "batch_size",
+    "solo_every",
     "top_k",
     "return_hidden",
     "max_new_tokens",
@@ -330,8 +336,17 @@ class Selection:
     counts: dict[str, int]  # "<task>/<split>" -> items selected
 
     def shards(self, shard_size: int) -> list[tuple[Entry, ...]]:
-        e = self.entries
-        return [e[i : i + shard_size] for i in range(0, len(e), shard_size)]
+        """Consecutive runs of at most ``shard_size`` entries of one task each.
+
+        One task per shard lets every stage decode the whole shard as one batch (the task
+        decides the generation settings).
+        """
+        out: list[list[Entry]] = []
+        for entry in self.entries:
+            if not out or len(out[-1]) == shard_size or out[-1][0].item.task != entry.item.task:
+                out.append([])
+            out[-1].append(entry)
+        return [tuple(shard) for shard in out]
 
     def digest(self) -> str:
         blob = "\n".join(f"{x.item.item_id}\t{x.split}" for x in self.entries).encode()
@@ -400,8 +415,21 @@ def select_entries(
             f"datagen: the selection is empty (tasks {list(spec.tasks)}, per task "
             f"{spec.per_split}); ask for at least one item of a non-empty split"
         )
-    order = np.random.default_rng(spec.seed).permutation(len(pooled))
-    return Selection(tuple(pooled[i] for i in order), skipped, counts)
+    return Selection(_shard_order(pooled, spec), skipped, counts)
+
+
+def _shard_order(pooled: Sequence[Entry], spec: DatagenSpec) -> tuple[Entry, ...]:
+    """A seeded shuffle of ``pooled`` laid out as one-task blocks of ``spec.shard_size``,
+    the tasks taking turns (so a partial run still covers every task)."""
+    blocks: dict[str, list[list[Entry]]] = {}
+    for i in np.random.default_rng(spec.seed).permutation(len(pooled)):
+        task = blocks.setdefault(pooled[i].item.task, [[]])
+        if len(task[-1]) == spec.shard_size:
+            task.append([])
+        task[-1].append(pooled[i])
+    rounds = max(len(b) for b in blocks.values())
+    laid = [b[r] for r in range(rounds) for b in blocks.values() if r < len(b)]
+    return tuple(entry for block in laid for entry in block)
 
 
 def prompt_fits(backends: Sequence[Backend], spec: DatagenSpec) -> Callable[[Item], bool]:
@@ -581,6 +609,28 @@ def shard_rows(
                 }
             )
     return rows
+
+
+def _shard(
+    backends: Sequence[Backend],
+    keys: Sequence[str],
+    entries: Sequence[Entry],
+    spec: DatagenSpec,
+    index: int,
+    sandbox_limits: SandboxLimits | None,
+) -> list[dict[str, Any]]:
+    """Shard ``index``'s rows: batched, or one sequence at a time on the solo shards."""
+    if not (spec.solo_every and index % spec.solo_every == 0):
+        return shard_rows(backends, keys, entries, spec, sandbox_limits)
+    stages = [b.stage for b in backends]
+    try:
+        for b in backends:
+            b.stage = b.stage.model_copy(update={"reuse_prompts": False})
+        solo = dataclasses.replace(spec, batch_size=1)
+        return shard_rows(backends, keys, entries, solo, sandbox_limits)
+    finally:
+        for b, stage in zip(backends, stages, strict=True):
+            b.stage = stage
 
 
 def rows_to_parquet(rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -783,7 +833,7 @@ def run(
             for s, entries in enumerate(shards):
                 if done[s]:
                     continue
-                rows = shard_rows(backends, keys, entries, spec, sandbox_limits)
+                rows = _shard(backends, keys, entries, spec, s, sandbox_limits)
                 atomic_write_bytes(shard_path(folder, s), rows_to_parquet(rows))
                 written += 1
                 bar.update(len(entries))

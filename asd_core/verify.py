@@ -275,7 +275,8 @@ def _verify_scored(
         start = time.perf_counter()
         conts.append(_draft_in_verifier_ids(verifier, d, s))
         prep_s.append(time.perf_counter() - start)
-    scorings = verifier.score(prompts, conts, top_k)
+    # nothing after the first disagreement is read, so the runtime may stop scoring there
+    scorings = verifier.score(prompts, conts, top_k, until_mismatch=True)
     verdicts = []
     for ids, sc, d, s, prep in zip(conts, scorings, drafts, same, prep_s, strict=True):
         start = time.perf_counter()

@@ -292,6 +292,16 @@ def test_schema_labels_and_features(reference: Reference) -> None:
     assert same["label_token"].mean() >= 0.75
 
 
+def test_shards_hold_one_task_and_tasks_take_turns(reference: Reference) -> None:
+    df = reference.df[reference.df["stage"] == 0].reset_index(drop=True)
+    tasks = df["task"].tolist()
+    shards = [tasks[i : i + 2] for i in range(0, len(tasks), 2)]  # shard_size 2, 6 per task
+    assert all(len(set(s)) == 1 for s in shards)
+    firsts = [s[0] for s in shards]
+    assert set(firsts[: len(TASKS)]) == set(TASKS)  # every task in the first round
+    assert [firsts.count(t) for t in TASKS] == [3] * len(TASKS)
+
+
 def test_manifest_gives_the_online_requests(reference: Reference) -> None:
     """eval.online rebuilds the pipeline requests from the manifest alone."""
     from asd_core.eval.online import requests_for
@@ -335,6 +345,23 @@ def test_hidden_states_when_asked(sources: dict[str, str], backends: list, tmp_p
     df = datagen.load_generations(result.folder)
     assert [len(h) for h in df["hidden_mean"]] == [64, 64, 64]  # the tiny models' width
     assert all(np.all(np.isfinite(h)) for h in df["hidden_mean"])
+
+
+def test_solo_shards_run_one_sequence_at_a_time(
+    sources: dict[str, str], backends: list, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        sources,
+        tasks=("asdiv",),
+        task_sources={"asdiv": sources["asdiv"]},
+        solo_every=2,
+    )
+    result = datagen.run(spec, tmp_path, backends=backends, progress=False)
+    df = datagen.load_generations(result.folder)
+    shard = np.arange(len(df)) // (2 * len(STAGES))  # shard_size 2: 6 rows per shard
+    assert set(df["gen_batch"][shard % 2 == 0]) == {1}
+    assert set(df["gen_batch"][shard % 2 == 1]) == {2}
+    assert all(b.stage.reuse_prompts for b in backends)  # restored after each solo shard
 
 
 # -- resuming -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 
 from asd_core import adaptive, stats, stopping
 from asd_core.bench_features import synthetic_frame
+from asd_core.data.splits import fold_of
 from asd_core.errors import AsdError
 from asd_core.eval import replay, runner
 from asd_core.features import FeatureSet
@@ -167,26 +168,113 @@ def test_decision_overhead_and_cost_table(gens: pd.DataFrame, model: adaptive.Po
     ].item() == pytest.approx(1.0)
 
 
-def test_evaluate_produces_every_method_and_summarises(gens: pd.DataFrame) -> None:
+def test_evaluate_produces_every_method_and_summarises(
+    gens: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[set[str], set[str]]] = []  # (train, calibration) item ids of each fit
+
+    def recording(train: pd.DataFrame, cal: pd.DataFrame, *args: object, **kw: object):
+        seen.append((set(train["item_id"]), set(cal["item_id"])))
+        return train_predictor(train, cal, *args, **kw)
+
+    monkeypatch.setattr(runner, "train_predictor", recording)
     settings = runner.EvalSettings(
-        lambdas=(0.1, 10.0), seeds=(1,), train=TrainConfig(max_epochs=10, patience=3, n_members=2)
+        lambdas=(0.1, 10.0),
+        seeds=(1, 2),
+        train=TrainConfig(max_epochs=10, patience=3, n_members=2),
+        folds=3,
     )
     results, _ = runner.evaluate(gens, settings, K, progress=False)
-    n_test = gens[gens["split"] == "test"]["item_id"].nunique()
+    n_items = gens["item_id"].nunique()
     methods = set(results["method"])
     expected = {"stage_0", "stage_2", "oracle_router", "oracle_cascade", "random", "static_cascade",
                 "router", "pair_0_2", "dp", "dp_no_risk", "dp_no_predictor", "dp_size_costs",
                 "dp_myopic", "dp_sequential", "dp_per_input", "draft_verify_deepest"}  # fmt: skip
     assert expected <= methods
-    per = results.groupby(["method", "lam", "seed"], dropna=False)["item_id"].count()
-    assert (per == n_test).all()
+    # every item exactly once per method × λ × seed, in the fold its id hashes to
+    per = results.groupby(["method", "lam", "seed"], dropna=False)["item_id"].agg(
+        ["count", "nunique"]
+    )
+    assert (per["count"] == n_items).all() and (per["nunique"] == n_items).all()
+    folds = results.drop_duplicates("item_id").set_index("item_id")["fold"]
+    assert all(folds[i] == fold_of(i, 3) for i in folds.index)
+    # ... and evaluated by predictors that never saw it (two seeds per fold, folds in order)
+    assert len(seen) == 3 * 2
+    for call, (train_ids, cal_ids) in enumerate(seen):
+        held_out = set(folds.index[folds == call // 2])
+        assert held_out and not held_out & (train_ids | cal_ids)
+        assert cal_ids and not cal_ids & train_ids
     assert (results["cost"] > 0).all() and results["quality"].between(0, 1).all()
     summary = stats.summarise(results, reference="stage_2", n_resamples=200, ci_method="percentile")
     assert {"speedup", "retention"} <= set(summary.columns)
 
 
-def test_evaluate_refuses_missing_split(gens: pd.DataFrame) -> None:
-    with pytest.raises(AsdError, match="no 'test' rows"):
-        runner.evaluate(
-            gens[gens["split"] != "test"], runner.EvalSettings((1.0,), (1,)), K, progress=False
-        )
+def test_evaluate_refuses_missing_calibration_rows_and_empty_folds(gens: pd.DataFrame) -> None:
+    no_cal = gens[gens["split"] != "calibration"]
+    with pytest.raises(AsdError, match="no 'calibration' rows"):
+        runner.evaluate(no_cal, runner.EvalSettings((1.0,), (1,)), K, progress=False)
+    one_item = gens[gens["item_id"] == gens["item_id"].iloc[0]]
+    with pytest.raises(AsdError, match="eval_folds: fold"):
+        runner.evaluate(one_item, runner.EvalSettings((1.0,), (1,), folds=2), K, progress=False)
+
+
+# -- costs from the fitted cost model ------------------------------------------------------------
+def cost_table(names: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "stage": names,
+            "a_s": [0.01, 0.02, 0.04],
+            "b_s_per_in_token": [0.001, 0.002, 0.004],
+            "d_s_per_out_token": [0.01, 0.02, 0.04],
+            "score_a_s": [0.005, 0.01, 0.02],
+            "score_b_s_per_token": [0.001, 0.002, 0.004],
+        }
+    )
+
+
+def test_model_costs_follow_the_fitted_coefficients(gens: pd.DataFrame) -> None:
+    names = ["s0", "s1", "s2"]
+    df = adaptive.with_model_costs(gens, cost_table(names), names)
+    row = df[(df["stage"] == 1)].iloc[0]
+    assert row["model_latency_s"] == pytest.approx(0.02 + 0.002 * row["n_in"] + 0.02 * row["n_out"])
+    assert row["model_decode_s"] == pytest.approx(0.02)
+    own_in = df[(df["item_id"] == row["item_id"]) & (df["stage"] == 2)]["n_in"].item()
+    scored = adaptive.scored_tokens(
+        np.array([row["drafted_by"][2]]), np.array([row["accepted_by"][2]])
+    )
+    assert row["model_verify_s_by"][2] == pytest.approx(0.02 + 0.004 * (own_in + scored[0]))
+    assert np.isnan(row["model_verify_s_by"][:2]).all()  # stages 0 and 1 do not verify stage 1
+    scratch, esc = adaptive.per_input_costs(df, K, "model")
+    assert scratch[0, 1] == pytest.approx(row["model_latency_s"])
+    assert (esc[:, 0, 2] >= 0.02).all()
+    with pytest.raises(AsdError, match="no row for stage 's9'"):
+        adaptive.with_model_costs(gens, cost_table(names), ["s0", "s1", "s9"])
+    with pytest.raises(AsdError, match="with_model_costs"):
+        adaptive.per_input_costs(gens, K, "model")
+
+
+def test_scored_tokens_stop_at_the_block_of_the_first_mismatch() -> None:
+    drafted = np.array([100, 100, 100, 10, 0])
+    accepted = np.array([0, 31, 32, 10, 0])
+    # rows 0..31 hold the last prompt token and 31 draft tokens; all accepted: the whole draft
+    assert adaptive.scored_tokens(drafted, accepted).tolist() == [31, 31, 63, 10, 0]
+
+
+def test_cost_model_check_scores_the_solo_rows(gens: pd.DataFrame, tmp_path) -> None:
+    names = ["s0", "s1", "s2"]
+    path = tmp_path / "cost_model.csv"
+    cost_table(names).to_csv(path, index=False)
+    df = adaptive.costed(gens, "model", path, names)
+    df["gen_batch"] = np.where(df.index % 2 == 0, 1, 8)
+    df["latency_s"] = df["model_latency_s"] * 1.1  # measured 10% above the model, exactly
+    df["verify_s_by"] = df["model_verify_s_by"]
+    check = adaptive.cost_model_check(df, names)
+    assert list(check["kind"]) == ["generation"] * 3 + ["verification"] * 2
+    gen = check[check["kind"] == "generation"]
+    assert (gen["median_abs_rel_err"] - 0.1 / 1.1).abs().max() < 1e-9
+    ver = check[check["kind"] == "verification"]
+    assert (ver["r2"] == 1.0).all() and (ver["median_abs_rel_err"] == 0).all()
+    assert check["n"].sum() > 0 and (check["n"] <= (df["gen_batch"] == 1).sum()).all()
+    assert adaptive.costed(gens, "measured", path, names) is gens
+    with pytest.raises(AsdError, match="run notebook 01"):
+        adaptive.costed(gens, "model", tmp_path / "missing.csv", names)

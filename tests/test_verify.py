@@ -324,6 +324,7 @@ class Scripted:
         prompts: Sequence[Sequence[int]],
         continuations: Sequence[Sequence[int]],
         top_k: int = 0,
+        until_mismatch: bool = False,
     ):
         self.calls += 1
         return [
@@ -445,9 +446,9 @@ def test_batch_is_one_score_call_and_equals_one_at_a_time(bytes_model, bpe_model
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
 
-        def score(self, p, c, top_k=0):
+        def score(self, p, c, top_k=0, until_mismatch=False):
             calls.append(len(p))
-            return self.inner.score(p, c, top_k)
+            return self.inner.score(p, c, top_k, until_mismatch)
 
     batch = verify_batch(Counting(bpe_model), prompts, drafts, same)
     assert calls == [4]

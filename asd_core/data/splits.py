@@ -52,6 +52,14 @@ def split_of(
     return "calibration" if u < train + calibration else "test"
 
 
+def fold_of(item_id: str, n_folds: int, salt: str = "fold") -> int:
+    """The cross-fitting fold (0..n_folds-1) of ``item_id``: a stable hash, like the splits,
+    drawn independently of them."""
+    if n_folds < 2:
+        raise AsdError(f"eval_folds: cross-fitting needs at least 2 folds, got {n_folds}")
+    return min(int(unit_hash(f"{salt}\x00{item_id}") * n_folds), n_folds - 1)
+
+
 def _check_split(split: str) -> Split:
     if split not in SPLITS:
         raise AsdError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")

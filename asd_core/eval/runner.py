@@ -1,7 +1,8 @@
-"""Every method of the evaluation in one runner, by replay over the test split (DESIGN §10).
+"""Every method of the evaluation in one runner, by replay, cross-fitted over folds (DESIGN §10).
 
 ``evaluate`` returns the tidy results table: one row per method × λ × seed × dataset × input
-with quality, cost (seconds) and depth. Methods:
+with quality, cost (seconds), depth and the fold the input was evaluated in; every input is
+evaluated once per method × λ × seed, by methods fitted on the other folds. Methods:
 
 * ``stage_k``: each stage alone; ``oracle_router``/``oracle_cascade``: the limits (from labels);
 * ``random``: stage 0 or the deepest stage at random, ``lam`` = share sent deepest;
@@ -44,6 +45,7 @@ from asd_core.adaptive import (
     fit_policy_model,
     size_based_costs,
 )
+from asd_core.data.splits import fold_of
 from asd_core.errors import AsdError
 from asd_core.eval.replay import (
     Beliefs,
@@ -82,6 +84,7 @@ class EvalSettings:
     stage_sizes: tuple[float, ...] = ()  # parameters (billions) per stage, for dp_size_costs
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # predictor training
     cost_source: CostSource = "measured"  # seconds as measured, or the size × tokens proxy
+    folds: int = 5  # cross-fitting folds: each item is evaluated by methods fitted on the others
 
 
 Family = Callable[[float, ReplayData, np.ndarray], Replayed]  # threshold, data, scores
@@ -147,17 +150,58 @@ def evaluate(
     n_stages: int,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The tidy results table and side information (predictors' metrics, policy tables)."""
+    """The tidy results table and side information (predictors' metrics, policy tables).
+
+    Cross-fitted: items are dealt into ``settings.folds`` folds by a stable hash of their id
+    (``data.splits.fold_of``). For each fold, every learned method is fitted on the other folds
+    (their ``calibration`` rows calibrate and tune thresholds, the rest train) and evaluated
+    on this fold, so every item is evaluated exactly once per method × λ × seed, by methods
+    that never saw it. The ``fold`` column says which.
+    """
     K = n_stages
-    splits = {s: generations[generations["split"] == s] for s in ("train", "calibration", "test")}
-    for name, part in splits.items():
-        if part.empty:
-            raise AsdError(f"evaluation: the generations have no '{name}' rows")
+    fold = generations["item_id"].map(lambda i: fold_of(str(i), settings.folds)).to_numpy()
+    for f in range(settings.folds):
+        if not (fold == f).any():
+            raise AsdError(
+                f"eval_folds: fold {f} of {settings.folds} holds no item; use fewer folds"
+            )
+    src, sizes = settings.cost_source, settings.stage_sizes
+    everything = ReplayData.from_frame(generations, K, settings.label_mode, src, sizes)
+    deepest_cost = float(everything.scratch_s[:, -1].mean())
+    info: dict[str, Any] = {"deepest_cost_s": deepest_cost, "folds": {}}
+    out: list[pd.DataFrame] = []
+    bar = tqdm(
+        total=settings.folds * len(settings.seeds),
+        desc="evaluation (fold × seed)",
+        disable=not progress,
+    )
+    for f in range(settings.folds):
+        rest = generations[fold != f]
+        parts = {
+            "train": rest[rest["split"] != "calibration"],
+            "calibration": rest[rest["split"] == "calibration"],
+            "test": generations[fold == f],
+        }
+        for name, part in parts.items():
+            if part.empty:
+                raise AsdError(f"evaluation: fold {f} leaves no '{name}' rows")
+        frames, info["folds"][f] = _evaluate_fold(parts, settings, K, bar)
+        out += [frame.assign(fold=f) for frame in frames]
+    bar.close()
+    results = pd.concat(out, ignore_index=True)
+    results["cost_rel"] = results["cost"] / deepest_cost
+    results.attrs["cost_source"] = src
+    return results, info
+
+
+def _evaluate_fold(
+    splits: dict[str, pd.DataFrame], settings: EvalSettings, K: int, bar: Any
+) -> tuple[list[pd.DataFrame], dict[str, Any]]:
+    """Every method on one fold's ``test`` items, learned from its ``train``/``calibration``."""
     src, sizes = settings.cost_source, settings.stage_sizes
     test = ReplayData.from_frame(splits["test"], K, settings.label_mode, src, sizes)
     cal = ReplayData.from_frame(splits["calibration"], K, settings.label_mode, src, sizes)
     out: list[pd.DataFrame] = []
-    deepest_cost = test.scratch_s[:, -1].mean()
     cal_deepest = cal.scratch_s[:, -1].mean()
     seed0 = settings.seeds[0]
     for k in range(K):
@@ -167,9 +211,9 @@ def evaluate(
     if K >= 2:
         two = simulate(test, [K - 2] * test.n, lambda i, s, p: K - 1 if s == K - 2 else None)
         out.append(_rows("draft_verify_deepest", np.nan, seed0, test, two))
-    info: dict[str, Any] = {"deepest_cost_s": deepest_cost, "seeds": {}}
-    bar = tqdm(settings.seeds, desc="evaluation seeds", disable=not progress)
-    for seed in bar:
+    info: dict[str, Any] = {"n_test_items": test.n, "seeds": {}}
+    for seed in settings.seeds:
+        bar.update(1)
         for share in MIX_SHARES:
             out.append(_rows("random", share, seed, test, random_mixing(test, share, seed)))
         predictor = train_predictor(
@@ -230,7 +274,7 @@ def evaluate(
             direct=h_test,
             entry=np.full(test.n, model.prior[0]),
         )
-        sizes = settings.stage_sizes or tuple(float(k + 1) for k in range(K))
+        by_size = settings.stage_sizes or tuple(float(k + 1) for k in range(K))
         variants = {
             "dp": (model, beliefs, stopping.DP, model.costs),
             "dp_no_risk": (
@@ -240,7 +284,7 @@ def evaluate(
                 no_risk.costs,
             ),
             "dp_no_predictor": (heur_model, h_beliefs, stopping.DP, heur_model.costs),
-            "dp_size_costs": (model, beliefs, stopping.DP, size_based_costs(sizes)),
+            "dp_size_costs": (model, beliefs, stopping.DP, size_based_costs(by_size)),
             "dp_myopic": (model, beliefs, stopping.MYOPIC, model.costs),
             "dp_sequential": (model, beliefs, stopping.SEQUENTIAL, model.costs),
         }
@@ -250,10 +294,7 @@ def evaluate(
                 out.append(_rows(name, lam, seed, test, dp_policy(test, b, table, m.n_bins)))
             per_input = dp_policy_per_input(test, beliefs, model, lam, stopping.DP)
             out.append(_rows("dp_per_input", lam, seed, test, per_input))
-    results = pd.concat(out, ignore_index=True)
-    results["cost_rel"] = results["cost"] / deepest_cost
-    results.attrs["cost_source"] = src
-    return results, info
+    return out, info
 
 
 def results_settings(params: Any, stage_sizes: Sequence[float] = ()) -> EvalSettings:
@@ -273,4 +314,5 @@ def results_settings(params: Any, stage_sizes: Sequence[float] = ()) -> EvalSett
         stage_sizes=tuple(stage_sizes),
         train=TrainConfig.from_params(values),
         cost_source=values.get("cost_source", "measured"),
+        folds=values.get("eval_folds", 5),
     )

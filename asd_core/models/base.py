@@ -69,8 +69,10 @@ class Scoring:
     """
 
     argmax_ids: np.ndarray  # (m,) int64, the model's greedy token at each continuation position
-    logprobs: np.ndarray  # (m,) float32, log p(given continuation token), nats
-    next_argmax: int  # the model's greedy token after the whole continuation (what it writes next)
+    # (-1 after an early stop: ``score(until_mismatch=True)``)
+    logprobs: np.ndarray  # (m,) float32, log p(given continuation token), nats (NaN if not scored)
+    next_argmax: int  # the model's greedy token after the whole continuation (what it writes next;
+    # -1 after an early stop)
     seconds: float  # wall-clock seconds of this sequence's share of the pass
     top_ids: np.ndarray | None = None  # (m + 1, k) int64, most probable tokens of each row
     top_logprobs: np.ndarray | None = None  # (m + 1, k) float32, their log-probabilities, nats
@@ -143,11 +145,18 @@ class Backend(Protocol):
         ...
 
     def score(
-        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds], top_k: int = 0
+        self,
+        prompts: Sequence[TokenIds],
+        continuations: Sequence[TokenIds],
+        top_k: int = 0,
+        until_mismatch: bool = False,
     ) -> list[Scoring]:
         """Teacher-forced argmax and log-probs of each continuation after its prompt.
 
-        ``top_k`` > 0 also fills the per-row statistics (:class:`Scoring`).
+        ``top_k`` > 0 also fills the per-row statistics (:class:`Scoring`). ``until_mismatch``
+        allows a runtime to stop scoring a continuation some rows after the first position
+        where its greedy token differs (all rows up to and including that one are filled;
+        later ones hold -1 / NaN); a runtime may also score everything.
         """
         ...
 

@@ -326,7 +326,11 @@ class TransformersBackend:
     # -- scoring ------------------------------------------------------------------------------
     @torch.inference_mode()
     def score(
-        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds], top_k: int = 0
+        self,
+        prompts: Sequence[TokenIds],
+        continuations: Sequence[TokenIds],
+        top_k: int = 0,
+        until_mismatch: bool = False,  # scores everything: one pass costs the same either way
     ) -> list[Scoring]:
         """Teacher-forced argmax over each continuation, one forward pass per sequence.
 

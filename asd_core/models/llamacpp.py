@@ -2,30 +2,41 @@
 
 Token ids go to llama.cpp directly (``self.tokenizer`` is the Hugging Face tokenizer read out of
 the GGUF), so tokenisation is identical across runtimes. Instead of llama.cpp's sampler we read
-the full logits row of every step, which is what the per-token statistics need; a step costs
-one ``llama_decode`` of one token plus one :func:`token_stats` on that row, while the row is
-still in cache.
+the full logits row of every step, which is what the per-token statistics need.
 
-llama.cpp's CPU kernels for a one-token step differ numerically from those for a multi-token
-batch (log-probs move by up to ~0.2 nats), so ``score`` on a stage's own greedy output can
-disagree with it at near-ties; only a micro-batch of 1 would be bit-exact, at decode speed.
+**Batching.** The context holds ``StageConfig.max_batch`` sequences, each in its own key/value
+slot (llama.cpp sequence id). :meth:`LlamaCppBackend._run` decodes a list of sequences
+together: every ``llama_decode`` call carries one new token of each generating sequence plus
+prompt tokens of sequences still prefilling, up to ``n_batch`` tokens. A finished sequence
+drops out and the next waiting one takes its slot (continuous batching), so a long output never
+holds the others back. ``generate``, ``score``, ``resume`` and ``next_logprobs`` all go through
+it.
 
-Everything goes through :meth:`LlamaCppBackend._feed`, which appends tokens to the KV cache at
-given positions and reports logits only where asked; the backend remembers which tokens the
-cache holds. ``generate`` and ``score`` start from an empty cache; ``resume`` right after the
-``score`` that verified a draft keeps the cache up to the accepted prefix and feeds only the
-verifier's token, so escalating pays for the draft once, in the batched verification pass.
-A resumed output is the same whether or not the cache was reused: on a miss the prompt and
-prefix are recomputed in one batch, exactly as the verification pass computed them.
+**Prompt reuse.** A slot keeps its tokens after its sequence ends. ``score`` and ``resume``
+start from a slot that already holds the whole prompt (left there by this stage's own
+generation or by the verification pass just before) and feed only what follows, so verifying
+a draft of a prompt this stage has processed costs the draft tokens, not the prompt again.
+``generate`` and ``next_logprobs`` always prefill from scratch, so their outputs never depend
+on what ran before. ``StageConfig.reuse_prompts: false`` turns reuse off.
 
-``StageConfig.exact_scoring`` feeds verified tokens one at a time, as generation does, which
-makes verification and resumed outputs bit-identical to generating from scratch at decode speed.
+**Numerics.** llama.cpp's CPU kernels give each row of a multi-token batch the same result
+whatever the other rows are, but a one-token decode goes through other kernels (log-probs move
+by up to ~0.2 nats). So a sequence decoded beside others can differ from the same sequence
+decoded alone at near-ties, and ``score`` on a stage's own greedy output can disagree with it
+at near-ties; only a micro-batch of one token would be bit-exact, at decode speed.
+``StageConfig.exact_scoring`` feeds verified tokens one at a time, as generation does.
+
+**Time.** Each decode call's wall time is shared among the sequences in it in proportion to
+the tokens each contributed, plus each sequence's own bookkeeping: ``prefill_s``, ``total_s``
+and ``Scoring.seconds`` are a sequence's share of the work, and they add up to the wall time.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +70,68 @@ from asd_core.models.common import (
 from asd_core.models.registry import register, resolve
 
 Clock = Callable[[], float]
-# receives (index in the fed tokens of the first row, (r, V) float32 logits view)
-RowsFn = Callable[[int, np.ndarray], None]
 
 # fixed: greedy decoding never samples, but any llama.cpp sampler state stays reproducible
 _SEED = 1234
 _SCORE_BLOCK = 32  # rows of logits reduced at once in score(): bounds temporaries to 32 x V floats
+_N_BATCH = 512  # tokens per llama_decode call (llama.cpp's default)
 
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+# (sequence, index in seq.tokens of the first row, (r, V) float32 logits view valid until the
+# next decode, batch index of the first row)
+RowsFn = Callable[["_Seq", int, np.ndarray, int], None]
+
+
+@dataclass(eq=False)
+class _Seq:
+    """One sequence in flight: the tokens its slot must hold and what reads its logits rows."""
+
+    tokens: list[int]  # prompt (+ prefix or continuation, + tokens generated so far)
+    n_prompt: int  # leading tokens that are the prompt
+    want_from: int  # logits rows are read for tokens[want_from:]
+    step_from: int  # tokens[step_from:] are fed one per decode call
+    reuse: bool  # may start from a slot that already holds the whole prompt
+    on_rows: RowsFn
+    chunk: int = 0  # > 0: feed at most this many tokens past want_from per decode call
+    slot: int = -1  # llama.cpp sequence id while admitted
+    n_fed: int = 0  # leading tokens already in the slot's cache
+    seconds: float = 0.0  # this sequence's share of the work so far, s
+    first_row_s: float | None = None  # seconds when its first logits row was ready
+    done: bool = False  # set by on_rows to stop early (generation ended)
+
+
+@dataclass(eq=False)
+class _Writer:
+    """What one generating sequence has written so far, with per-token statistics."""
+
+    prompt: list[int]
+    params: GenerationParams
+    k: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[np.ndarray] = field(default_factory=list)  # (1,) each
+    top_ids: list[np.ndarray] = field(default_factory=list)  # (1, k) each
+    top_lp: list[np.ndarray] = field(default_factory=list)  # (1, k) each
+    entropy: list[np.ndarray] = field(default_factory=list)  # (1,) each
+    hidden: np.ndarray | None = None  # (d_model,) float64 running sum
+    reason: StopReason = "length"
+
+
 @register("llamacpp")
 class LlamaCppBackend:
-    """A stage on llama.cpp (GGUF, CPU). Prompts are processed one after another."""
+    """A stage on llama.cpp (GGUF, CPU), decoding up to ``stage.max_batch`` sequences at once."""
 
     def __init__(
         self,
@@ -87,14 +145,8 @@ class LlamaCppBackend:
         start = clock()
         src = resolve(stage, models_dir, "gguf")  # embedded files are sha256-checked here
         threads = cpu_threads(stage.threads)
-        kwargs: dict[str, Any] = dict(
-            n_ctx=stage.context_length,
-            n_threads=threads,
-            n_threads_batch=threads,
-            logits_all=False,
-            verbose=False,
-            seed=_SEED,
-        )
+        # the wrapper only loads the weights; the context below is ours (one slot per sequence)
+        kwargs: dict[str, Any] = dict(n_ctx=16, n_batch=16, verbose=False, seed=_SEED)
         try:
             if Path(src.weights).is_file():
                 self.llm = llama_cpp.Llama(src.weights, **kwargs)
@@ -122,17 +174,33 @@ class LlamaCppBackend:
                 f"({_first_line(exc)})"
             ) from None
 
-        self._ctx = self.llm.ctx
-        self._kv: list[int] = []  # tokens whose keys/values the cache holds, positions 0..
+        self.max_batch = stage.max_batch
+        self.n_batch = _N_BATCH
+        cp = llama_cpp.llama_context_default_params()
+        # a slot per sequence, each of the full context length: non-unified slots attend only
+        # over their own tokens, which is faster when sequences share no prefix
+        cp.n_ctx = stage.context_length * self.max_batch
+        cp.n_batch = cp.n_ubatch = self.n_batch
+        cp.n_seq_max = self.max_batch
+        cp.kv_unified = False
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.embeddings = False
+        ctx = llama_cpp.llama_init_from_model(self.llm._model.model, cp)
+        if not ctx:
+            self.llm.close()
+            raise AsdError(
+                f"stage '{stage.name}': llama.cpp cannot make a context of {cp.n_ctx} tokens "
+                f"({self.max_batch} sequences x {stage.context_length}); lower max_batch"
+            )
+        self._ctx: Any = ctx
         self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._cached: list[list[int]] = [[] for _ in range(self.max_batch)]  # tokens per slot
+        self._last_use = [0] * self.max_batch  # admission counter per slot (least recent first)
+        self._uses = 0
+        self.tokens_fed = 0  # tokens decoded since load (what prompt reuse saves shows here)
         self.n_vocab = self.llm.n_vocab()
         self.n_embd = self.llm.n_embd()
-        self.n_batch = self.llm.n_batch
-        # our own batch (one sequence): Llama._batch reserves n_ctx sequence slots per token
         self._batch: Any = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        for i in range(self.n_batch):
-            self._batch.n_seq_id[i] = 1
-            self._batch.seq_id[i][0] = 0
         # EOS = the tokenizer's EOS and the GGUF's declared EOS: the same set the transformers
         # backend uses on a checkpoint converted from this file, so both runtimes stop at the
         # same token. llama.cpp's wider end-of-generation scan is not used: for Qwen it also
@@ -146,76 +214,108 @@ class LlamaCppBackend:
             src.weights,
             src.asset.quantization if src.asset else "gguf",
             clock() - start,
-            {"threads": str(threads), "n_ctx": str(self.llm.n_ctx()), "n_batch": str(self.n_batch)},
+            {
+                "threads": str(threads),
+                "n_ctx": str(stage.context_length),
+                "n_batch": str(self.n_batch),
+                "max_batch": str(self.max_batch),
+            },
         )
 
-    # -- low level ----------------------------------------------------------------------------
+    # -- the batched decode loop --------------------------------------------------------------
     def _check_open(self) -> None:
-        if self.llm is None:  # the context is freed: a decode would crash the process
+        if self._ctx is None:  # the context is freed: a decode would crash the process
             raise AsdError(f"stage '{self.stage.name}': backend used after close()")
 
     def _clear(self) -> None:
-        """Empty the KV cache."""
+        """Empty every slot."""
         llama_cpp.llama_memory_clear(self._mem, True)
-        self._kv = []
+        self._cached = [[] for _ in range(self.max_batch)]
 
-    def _truncate(self, n: int) -> None:
-        """Keep the first ``n`` cached positions, drop the rest."""
-        if n == 0:
-            self._clear()
-            return
-        llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
-        del self._kv[n:]
+    def _admit(self, seq: _Seq, busy: set[int]) -> None:
+        """Give ``seq`` a free slot: one holding its whole prompt if reuse is allowed, else the
+        least recently used; drop the slot's tokens after what can be kept."""
+        free = [s for s in range(self.max_batch) if s not in busy]
+        slot, keep = min(free, key=lambda s: self._last_use[s]), 0
+        if seq.reuse and self.stage.reuse_prompts:
+            for s in free:
+                common = _common_prefix(self._cached[s], seq.tokens)
+                if common >= seq.n_prompt and min(common, seq.want_from) > keep:
+                    slot, keep = s, min(common, seq.want_from)  # rows wanted must be computed
+        llama_cpp.llama_memory_seq_rm(self._mem, slot, keep, -1)
+        del self._cached[slot][keep:]
+        self._uses += 1
+        self._last_use[slot] = self._uses
+        seq.slot, seq.n_fed = slot, keep
 
-    def _decode(self) -> None:
-        rc = llama_cpp.llama_decode(self._ctx, self._batch)
-        if rc != 0:  # 1: no KV slot (context full); < 0: internal error
-            self._clear()  # the cache no longer matches self._kv
-            raise AsdError(f"stage '{self.stage.name}': llama_decode failed with code {rc}")
-        b = self._batch
-        self._kv.extend(b.token[j] for j in range(b.n_tokens))
+    def _plan(self, active: Sequence[_Seq]) -> list[tuple[_Seq, int]]:
+        """(sequence, tokens to feed) for the next decode call, at most ``n_batch`` tokens.
 
-    def _feed(
-        self, tokens: Sequence[int], pos0: int, first_out: int, on_rows: RowsFn | None = None
-    ) -> None:
-        """Append ``tokens`` to the KV cache at positions ``pos0, pos0+1, …`` in n_batch chunks.
-
-        Logits are requested for ``tokens[first_out:]`` only; after each chunk ``on_rows(i, rows)``
-        gets them as a (r, V) float32 view valid until the next decode, ``i`` being the index in
-        ``tokens`` of the first row.
+        One-token steps go first, so a long prompt never stalls the sequences that are writing.
         """
+        room, plan = self.n_batch, []
+        for seq in sorted(active, key=lambda s: len(s.tokens) - s.n_fed > 1):
+            if room == 0:
+                break
+            count = min(len(seq.tokens) - seq.n_fed, room)
+            if seq.chunk:
+                count = min(count, max(seq.want_from, seq.n_fed) + seq.chunk - seq.n_fed)
+            if seq.n_fed >= seq.step_from:
+                count = min(count, 1)
+            else:
+                count = min(count, seq.step_from - seq.n_fed)
+            plan.append((seq, count))
+            room -= count
+        return plan
+
+    def _run(self, seqs: Sequence[_Seq]) -> None:
+        """Decode ``seqs`` together until each has fed all its tokens or set ``done``."""
+        queue, active = deque(seqs), list[_Seq]()
         b = self._batch
-        for s in range(0, len(tokens), self.n_batch):
-            chunk = tokens[s : s + self.n_batch]
-            for j, tok in enumerate(chunk):
-                b.token[j] = tok
-                b.pos[j] = pos0 + s + j
-                b.logits[j] = s + j >= first_out
-            b.n_tokens = len(chunk)
-            self._decode()
-            n_out = s + len(chunk) - max(first_out, s)
-            if on_rows is not None and n_out > 0:
-                ptr = llama_cpp.llama_get_logits(self._ctx)
-                on_rows(max(first_out, s), np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)))
+        while queue or active:
+            while queue and len(active) < self.max_batch:
+                seq = queue.popleft()
+                self._admit(seq, {a.slot for a in active})
+                active.append(seq)
+            plan = self._plan(active)
+            j, firsts = 0, []
+            for seq, count in plan:
+                firsts.append(j)
+                for t in range(seq.n_fed, seq.n_fed + count):
+                    b.token[j] = seq.tokens[t]
+                    b.pos[j] = t
+                    b.n_seq_id[j] = 1
+                    b.seq_id[j][0] = seq.slot
+                    b.logits[j] = t >= seq.want_from
+                    j += 1
+            b.n_tokens = j
+            self.tokens_fed += j
+            start = self.clock()
+            rc = llama_cpp.llama_decode(self._ctx, b)
+            if rc != 0:  # 1: no KV slot (context full); < 0: internal error
+                self._clear()  # the slots no longer match self._cached
+                raise AsdError(f"stage '{self.stage.name}': llama_decode failed with code {rc}")
+            llama_cpp.llama_synchronize(self._ctx)
+            share = (self.clock() - start) / j
+            for (seq, count), first in zip(plan, firsts, strict=True):
+                t0 = self.clock()
+                seq.seconds += share * count
+                self._cached[seq.slot].extend(seq.tokens[seq.n_fed : seq.n_fed + count])
+                lo = max(seq.n_fed, seq.want_from)
+                seq.n_fed += count
+                if seq.n_fed > lo:
+                    if seq.first_row_s is None:
+                        seq.first_row_s = seq.seconds
+                    ith = first + lo - (seq.n_fed - count)
+                    ptr = llama_cpp.llama_get_logits_ith(self._ctx, ith)
+                    rows = np.ctypeslib.as_array(ptr, shape=(seq.n_fed - lo, self.n_vocab))
+                    seq.on_rows(seq, lo, rows, ith)
+                seq.seconds += self.clock() - t0
+            active = [s for s in active if not (s.done or s.n_fed == len(s.tokens))]
 
-    def _step(self, token: int, pos: int) -> None:
-        """Decode one token at ``pos``, asking for its logits (the generation hot path)."""
-        b = self._batch
-        b.token[0] = token
-        b.pos[0] = pos
-        b.logits[0] = True
-        b.n_tokens = 1
-        self._decode()
-
-    def _last_logits(self) -> np.ndarray:
-        """(V,) float32 view of the newest logits row, valid until the next decode."""
-        return np.ctypeslib.as_array(
-            llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,)
-        )
-
-    def _last_hidden(self) -> np.ndarray:
-        """(d_model,) float32 view of the newest final-layer hidden state (after the last norm)."""
-        ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, -1)
+    def _hidden_at(self, batch_index: int) -> np.ndarray:
+        """(d_model,) float32 view of the final-layer hidden state of one batch row."""
+        ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, batch_index)
         if not ptr:
             raise AsdError(
                 f"stage '{self.stage.name}': llama.cpp returned no hidden state for this model"
@@ -224,13 +324,13 @@ class LlamaCppBackend:
 
     # -- generation ---------------------------------------------------------------------------
     def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
-        """Greedy outputs, one prompt after another (multi-sequence batches are not built yet).
+        """Greedy outputs of all prompts, decoded together (see the module docstring).
 
-        ``prefill_s`` and ``total_s`` are those of each prompt alone. With ``ignore_eos`` the
-        statistics still describe the raw logits (EOS may be the reported top-1), but the token
-        written is the best non-EOS one. ``return_hidden`` averages the final-layer hidden
-        state over the positions whose logits produced the output tokens, as the transformers
-        backend does.
+        With ``ignore_eos`` the statistics still describe the raw logits (EOS may be the
+        reported top-1), but the token written is the best non-EOS one. ``return_hidden``
+        averages the final-layer hidden state over the positions whose logits produced the
+        output tokens, as the transformers backend does (llama.cpp then computes logits for
+        every prompt token too, which makes the prefill slower).
         """
         self._check_open()
         check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
@@ -240,19 +340,16 @@ class LlamaCppBackend:
                 f"stage '{self.stage.name}': this GGUF pools its embeddings, so per-token "
                 "hidden states are unavailable"
             )
-        try:
-            return [self._generate_one(list(p), params) for p in prompts]
-        finally:
-            if params.return_hidden:
-                llama_cpp.llama_set_embeddings(self._ctx, False)
+        return self._write([[int(t) for t in p] for p in prompts], [None] * len(prompts), params)
 
     def resume(
         self, prompts: Sequence[TokenIds], prefixes: Sequence[Prefix], params: GenerationParams
     ) -> list[Generation]:
         """Greedy outputs that start with verified prefixes (see :class:`Backend`).
 
-        The KV cache of the last ``score`` is reused when it covers prompt + prefix; hidden
-        states are not available here (they would need the prefix recomputed).
+        A slot that holds the prompt and prefix (the verification pass just left it) is reused;
+        either way the last prefix token is fed on its own, so the result does not depend on
+        whether the cache was reused. Hidden states are not available here.
         """
         self._check_open()
         if len(prompts) != len(prefixes):
@@ -262,111 +359,113 @@ class LlamaCppBackend:
         if params.return_hidden:
             raise AsdError(f"stage '{self.stage.name}': resume() cannot return hidden states")
         check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
-        return [
-            self._generate_one([int(t) for t in p], params, pre)
-            for p, pre in zip(prompts, prefixes, strict=True)
-        ]
+        return self._write([[int(t) for t in p] for p in prompts], list(prefixes), params)
 
-    def _prime(self, prompt: list[int], prefix: list[int]) -> None:
-        """Leave the cache holding prompt + prefix and the logits after its last token ready.
-
-        Reuses the cache when it already holds prompt + prefix[:-1] (from the verification
-        pass); otherwise recomputes it the way ``score`` would, so either way the result is the
-        same.
-        """
-        head = prompt + prefix[:-1]
-        if len(self._kv) >= len(head) and self._kv[: len(head)] == head:
-            self._truncate(len(head))
-        else:
-            self._clear()
-            if self.stage.exact_scoring:
-                self._feed(prompt, 0, len(prompt))
-                for j, tok in enumerate(prefix[:-1]):
-                    self._step(tok, len(prompt) + j)
-            else:
-                self._feed(head, 0, len(head))
-        self._step(prefix[-1], len(head))
-
-    def _generate_one(
-        self, prompt: list[int], params: GenerationParams, prefix: Prefix | None = None
-    ) -> Generation:
-        n_max, k = params.max_new_tokens, max(0, min(params.top_k, self.n_vocab))
+    def _write(
+        self, prompts: list[list[int]], prefixes: list[Prefix | None], params: GenerationParams
+    ) -> list[Generation]:
+        k = max(0, min(params.top_k, self.n_vocab))
         decode = self._decode_text
-        start = self.clock()
-        if prefix is not None and prefix.token_ids:
-            done = finished_prefix(prefix, self.eos, params, decode)
-            if done is not None:
-                return join_generation(
-                    prompt, prefix, None, done[0], done[1], decode, k, 0.0, self.clock() - start
-                )
-        n0 = 0 if prefix is None else len(prefix.token_ids)
-        logprobs = np.zeros(n_max, np.float32)
-        top_ids = np.zeros((n_max, k), np.int64)
-        top_lp = np.zeros((n_max, k), np.float32)
-        entropy = np.zeros(n_max, np.float32)
-        hidden = np.zeros(self.n_embd, np.float64) if params.return_hidden else None
-        tokens: list[int] = []
-        reason: StopReason = "length"
-        if prefix is not None and n0:
-            tokens = list(prefix.token_ids)
-            logprobs[:n0] = prefix.logprobs
-            top_ids[:n0] = prefix.top_ids[:, :k]
-            top_lp[:n0] = prefix.top_logprobs[:, :k]
-            entropy[:n0] = prefix.entropy
-            self._prime(prompt, tokens)
-        elif hidden is None:
-            self._clear()
-            self._feed(prompt, 0, len(prompt) - 1)
-        else:
-            # with embeddings on, llama.cpp outputs every token of a batch (logits over the
-            # whole vocabulary for each): feed the prompt without them, then its last token alone
-            self._clear()
-            llama_cpp.llama_set_embeddings(self._ctx, False)
-            self._feed(prompt[:-1], 0, len(prompt))
+        out: list[Generation | None] = [None] * len(prompts)
+        seqs: list[_Seq] = []
+        writers: list[tuple[int, _Writer, _Seq]] = []
+        for i, (prompt, prefix) in enumerate(zip(prompts, prefixes, strict=True)):
+            pre = list(prefix.token_ids) if prefix is not None else []
+            w = _Writer(prompt, params, k)
+            if prefix is not None and pre:
+                done = finished_prefix(prefix, self.eos, params, decode)
+                if done is not None:
+                    out[i] = join_generation(
+                        prompt, prefix, None, done[0], done[1], decode, k, 0, 0
+                    )
+                    continue
+                w.tokens = pre
+                w.logprobs = [np.asarray(prefix.logprobs, np.float32)]
+                w.top_ids = [np.asarray(prefix.top_ids)[:, :k]]
+                w.top_lp = [np.asarray(prefix.top_logprobs, np.float32)[:, :k]]
+                w.entropy = [np.asarray(prefix.entropy, np.float32)]
+            if params.return_hidden:
+                w.hidden = np.zeros(self.n_embd, np.float64)
+            tokens = prompt + pre
+            last = len(tokens) - 1
+            # generated tokens go one per call; a prefix's last token too (as after a
+            # verification pass), and with exact scoring the whole prefix, as generation wrote it
+            step_from = last if pre and not self.stage.exact_scoring else len(prompt)
+            seq = _Seq(
+                tokens=tokens,
+                n_prompt=len(prompt),
+                want_from=last,
+                step_from=step_from,
+                reuse=bool(pre),
+                on_rows=self._writer_rows(w),
+            )
+            seqs.append(seq)
+            writers.append((i, w, seq))
+        if params.return_hidden:
             llama_cpp.llama_set_embeddings(self._ctx, True)
-            self._step(prompt[-1], len(prompt) - 1)
-        row = self._last_logits()  # synchronises with the decode, so the stamp below is honest
-        prefill = self.clock() - start
-        pos = len(prompt) + n0
-        while len(tokens) < n_max:
+        try:
+            self._run(seqs)
+        finally:
+            if params.return_hidden:
+                llama_cpp.llama_set_embeddings(self._ctx, False)
+        for i, w, seq in writers:
+            out[i] = self._generation(w, seq)
+        return [g for g in out if g is not None]
+
+    def _writer_rows(self, w: _Writer) -> RowsFn:
+        """The logits reader of one generating sequence: choose, record, stop or go on."""
+        params, n_max = w.params, w.params.max_new_tokens
+
+        def on_rows(seq: _Seq, index: int, rows: np.ndarray, ith: int) -> None:
+            row = rows[-1]  # only the newest token's row is requested
             tok = int(row.argmax())
             if params.ignore_eos and tok in self.eos:
                 masked = row.copy()
                 masked[self._eos_idx] = -np.inf
                 tok = int(masked.argmax())
-            i = len(tokens)
             # one row at a time while it is in cache: measured faster than batching rows
-            lp, ti, tl, ent = token_stats(row[None, :], np.array([tok]), k)
-            logprobs[i], top_ids[i], top_lp[i], entropy[i] = lp[0], ti[0], tl[0], ent[0]
-            if hidden is not None:
-                hidden += self._last_hidden()
-            tokens.append(tok)
+            lp, ti, tl, ent = token_stats(row[None, :], np.array([tok]), w.k)
+            w.logprobs.append(lp)
+            w.top_ids.append(ti)
+            w.top_lp.append(tl)
+            w.entropy.append(ent)
+            if w.hidden is not None:
+                w.hidden += self._hidden_at(ith + len(rows) - 1)
+            w.tokens.append(tok)
             if tok in self.eos and not params.ignore_eos:
-                reason = "eos"
-                break
-            if params.stop_strings and hit_stop_string(decode(tokens), params.stop_strings):
-                reason = "stop"
-                break
-            if len(tokens) == n_max:
-                break  # the last token is never fed back: nothing would read its logits
-            self._step(tok, pos)
-            pos += 1
-            row = self._last_logits()
-        total = self.clock() - start
+                w.reason, seq.done = "eos", True
+            elif params.stop_strings and hit_stop_string(
+                self._decode_text(w.tokens), params.stop_strings
+            ):
+                w.reason, seq.done = "stop", True
+            elif len(w.tokens) >= n_max:
+                seq.done = True  # the last token is never fed back: nothing would read its logits
+            else:
+                seq.tokens.append(tok)
 
-        n = len(tokens)
+        return on_rows
+
+    def _generation(self, w: _Writer, seq: _Seq) -> Generation:
+        n = len(w.tokens)
+
+        def cat(parts: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            return np.concatenate(parts)[:n] if parts else np.zeros(shape, dtype)
+
+        hidden = None
+        if w.hidden is not None and n:
+            hidden = (w.hidden / n).astype(np.float32)
         return Generation(
-            prompt_ids=prompt,
-            token_ids=tokens,
-            text=decode(tokens),
-            logprobs=logprobs[:n],
-            top_ids=top_ids[:n],
-            top_logprobs=top_lp[:n],
-            entropy=entropy[:n],
-            stop_reason=reason,
-            prefill_s=prefill,
-            total_s=total,
-            hidden_mean=(hidden / n).astype(np.float32) if hidden is not None and n else None,
+            prompt_ids=w.prompt,
+            token_ids=w.tokens,
+            text=self._decode_text(w.tokens),
+            logprobs=cat(w.logprobs, (0,), np.float32),
+            top_ids=cat(w.top_ids, (0, w.k), np.int64),
+            top_logprobs=cat(w.top_lp, (0, w.k), np.float32),
+            entropy=cat(w.entropy, (0,), np.float32),
+            stop_reason=w.reason,
+            prefill_s=seq.first_row_s if seq.first_row_s is not None else seq.seconds,
+            total_s=seq.seconds,
+            hidden_mean=hidden,
         )
 
     def _decode_text(self, ids: Sequence[int]) -> str:
@@ -374,11 +473,20 @@ class LlamaCppBackend:
 
     # -- scoring ------------------------------------------------------------------------------
     def score(
-        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds], top_k: int = 0
+        self,
+        prompts: Sequence[TokenIds],
+        continuations: Sequence[TokenIds],
+        top_k: int = 0,
+        until_mismatch: bool = False,
     ) -> list[Scoring]:
-        """Teacher-forced argmax over each continuation, one sequence after another.
+        """Teacher-forced argmax over each continuation, all sequences in one batched run.
 
-        The cache is left holding the last prompt + continuation, for :meth:`resume`.
+        Logits are read only from the last prompt token on (``m + 1`` rows for ``m``
+        continuation tokens) and reduced in blocks of rows, so a 150k vocabulary stays cheap.
+        A slot that holds the prompt already is reused (the prompt is not fed again).
+        ``until_mismatch`` feeds each continuation in blocks of :data:`_SCORE_BLOCK` tokens and
+        stops after the block where the model's greedy token first differs from it (see
+        :class:`Scoring`): verification reads nothing after that.
         """
         self._check_open()
         name = self.stage.name
@@ -393,51 +501,26 @@ class LlamaCppBackend:
                     f"stage '{name}': prompt + continuation is {len(p) + len(c)} tokens, "
                     f"more than the context length {self.stage.context_length}"
                 )
-        pairs = zip(prompts, continuations, strict=True)
         k = max(0, min(top_k, self.n_vocab))
-        return [self._score_one([int(t) for t in p], [int(t) for t in c], k) for p, c in pairs]
-
-    def _score_one(self, prompt: list[int], cont: list[int], k: int) -> Scoring:
-        """One teacher-forced pass from an empty cache.
-
-        Logits are requested only from the last prompt token on (``m + 1`` rows for ``m``
-        continuation tokens) and reduced in blocks of rows, so a 150k vocabulary stays cheap.
-        With ``exact_scoring`` the continuation is fed one token at a time, as in generation.
-        """
-        n_p, m = len(prompt), len(cont)
-        argmax = np.zeros(m + 1, np.int64)  # row r predicts cont[r]; row m is what comes next
-        given = np.zeros(m, np.float32)
-        targets = np.asarray(cont, dtype=np.int64)
-        top_ids = np.zeros((m + 1, k), np.int64) if k else None
-        top_lp = np.zeros((m + 1, k), np.float32) if k else None
-        ent = np.zeros(m + 1, np.float32) if k else None
-
-        def reduce(first: int, rows: np.ndarray) -> None:
-            for b0 in range(0, rows.shape[0], _SCORE_BLOCK):
-                x = rows[b0 : b0 + _SCORE_BLOCK]
-                r = first + b0 - (n_p - 1)  # index among the m + 1 output rows
-                argmax[r : r + len(x)] = x.argmax(axis=1)
-                if top_ids is not None and top_lp is not None and ent is not None:
-                    _, ti, tl, e = token_stats(x, argmax[r : r + len(x)], k)
-                    top_ids[r : r + len(x)], top_lp[r : r + len(x)], ent[r : r + len(x)] = ti, tl, e
-                live = min(len(x), m - r)  # rows that have a given next token
-                if live > 0:
-                    x = x[:live]
-                    top = x.max(axis=1, keepdims=True)
-                    log_z = top[:, 0] + np.log(np.exp(x - top).sum(axis=1))
-                    given[r : r + live] = x[np.arange(live), targets[r : r + live]] - log_z
-
-        start = self.clock()
-        self._clear()
-        if self.stage.exact_scoring:
-            self._feed(prompt, 0, n_p - 1, reduce)
-            for j, tok in enumerate(cont):
-                self._step(tok, n_p + j)
-                reduce(n_p + j, self._last_logits()[None, :])
-        else:
-            self._feed(prompt + cont, 0, n_p - 1, reduce)
-        seconds = self.clock() - start
-        return Scoring(argmax[:m], given, int(argmax[m]), seconds, top_ids, top_lp, ent)
+        readers, seqs = [], []
+        for p, c in zip(prompts, continuations, strict=True):
+            prompt, cont = [int(t) for t in p], [int(t) for t in c]
+            reader = _ScoreReader(len(prompt), cont, k, self.eos if until_mismatch else None)
+            exact = self.stage.exact_scoring
+            seqs.append(
+                _Seq(
+                    tokens=prompt + cont,
+                    n_prompt=len(prompt),
+                    want_from=len(prompt) - 1,
+                    step_from=len(prompt) if exact else len(prompt) + len(cont),
+                    reuse=True,
+                    on_rows=reader,
+                    chunk=_SCORE_BLOCK if until_mismatch else 0,
+                )
+            )
+            readers.append(reader)
+        self._run(seqs)
+        return [r.result(s.seconds) for r, s in zip(readers, seqs, strict=True)]
 
     def next_logprobs(
         self, prompts: Sequence[TokenIds], token_ids: Sequence[int]
@@ -446,22 +529,84 @@ class LlamaCppBackend:
         self._check_open()
         check_prompts(prompts, self.stage.context_length, 0, self.stage.name)
         wanted = np.asarray(token_ids, dtype=np.int64)
-        out = []
+        found: dict[int, tuple[np.ndarray, int]] = {}
+
+        def reader(seq: _Seq, index: int, rows: np.ndarray, ith: int) -> None:
+            found[id(seq)] = (log_softmax_at(rows[-1], wanted), int(rows[-1].argmax()))
+
+        seqs = []
         for p in prompts:
             prompt = [int(t) for t in p]
-            start = self.clock()
-            self._clear()
-            self._feed(prompt, 0, len(prompt) - 1)
-            row = self._last_logits()
-            logprobs, best = log_softmax_at(row, wanted), int(row.argmax())
-            out.append(NextTokens(logprobs, best, self.clock() - start))
-        return out
+            seqs.append(_Seq(prompt, len(prompt), len(prompt) - 1, len(prompt), False, reader))
+        self._run(seqs)
+        return [NextTokens(*found[id(s)], s.seconds) for s in seqs]
 
     def close(self) -> None:
         """Free the batch, the context and the weights; safe to call twice."""
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+        if self._ctx is not None:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
         if self.llm is not None:
             self.llm.close()
             self.llm = None  # type: ignore[assignment]
+
+
+class _ScoreReader:
+    """Reduces one scored sequence's logits rows to argmax, given-token log-probs and stats."""
+
+    def __init__(self, n_prompt: int, cont: list[int], k: int, stop_eos: frozenset[int] | None):
+        m = len(cont)
+        self.n_prompt, self.m, self.k = n_prompt, m, k
+        self.stop_eos = stop_eos  # set: stop at the first disagreement (any two EOS agree)
+        self.n_rows = 0  # rows read so far
+        self.targets = np.asarray(cont, dtype=np.int64)
+        self.argmax = np.zeros(m + 1, np.int64)  # row r predicts cont[r]; row m: what comes next
+        self.given = np.zeros(m, np.float32)
+        self.top_ids = np.zeros((m + 1, k), np.int64) if k else None
+        self.top_lp = np.zeros((m + 1, k), np.float32) if k else None
+        self.ent = np.zeros(m + 1, np.float32) if k else None
+
+    def __call__(self, seq: _Seq, index: int, rows: np.ndarray, ith: int) -> None:
+        for b0 in range(0, rows.shape[0], _SCORE_BLOCK):
+            x = rows[b0 : b0 + _SCORE_BLOCK]
+            r = index + b0 - (self.n_prompt - 1)  # index among the m + 1 output rows
+            self.argmax[r : r + len(x)] = x.argmax(axis=1)
+            if self.top_ids is not None and self.top_lp is not None and self.ent is not None:
+                _, ti, tl, e = token_stats(x, self.argmax[r : r + len(x)], self.k)
+                self.top_ids[r : r + len(x)], self.top_lp[r : r + len(x)] = ti, tl
+                self.ent[r : r + len(x)] = e
+            live = min(len(x), self.m - r)  # rows that have a given next token
+            if live > 0:
+                x = x[:live]
+                top = x.max(axis=1, keepdims=True)
+                log_z = top[:, 0] + np.log(np.exp(x - top).sum(axis=1))
+                self.given[r : r + live] = x[np.arange(live), self.targets[r : r + live]] - log_z
+        self.n_rows = index + rows.shape[0] - (self.n_prompt - 1)
+        if self.stop_eos is not None:
+            lo = self.n_rows - rows.shape[0]
+            hi = min(self.n_rows, self.m)
+            got, want = self.argmax[lo:hi], self.targets[lo:hi]
+            eos = self.stop_eos
+            if any(a != t and not (a in eos and t in eos) for a, t in zip(got, want, strict=True)):
+                seq.done = True
+
+    def result(self, seconds: float) -> Scoring:
+        m, n = self.m, self.n_rows
+        if n < m + 1:  # stopped early: the rows never computed
+            self.argmax[n:] = -1
+            self.given[n:] = np.nan
+            for stat in (self.top_ids, self.top_lp, self.ent):
+                if stat is not None:
+                    stat[n:] = -1 if stat.dtype.kind == "i" else np.nan
+        return Scoring(
+            self.argmax[:m],
+            self.given,
+            int(self.argmax[m]),
+            seconds,
+            self.top_ids,
+            self.top_lp,
+            self.ent,
+        )

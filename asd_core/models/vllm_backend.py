@@ -308,7 +308,11 @@ class VllmBackend:
         return resume_by_generating(self, prompts, prefixes, params)
 
     def score(
-        self, prompts: Sequence[TokenIds], continuations: Sequence[TokenIds], top_k: int = 0
+        self,
+        prompts: Sequence[TokenIds],
+        continuations: Sequence[TokenIds],
+        top_k: int = 0,
+        until_mismatch: bool = False,  # scores everything: one pass costs the same either way
     ) -> list[Scoring]:
         """Teacher-forced argmax over each continuation, all sequences in one engine call.
 
