@@ -30,13 +30,13 @@ import pandas as pd
 from asd_core import stopping
 from asd_core.errors import AsdError
 from asd_core.features import VERIFICATION_NAMES, StageView, previous_acceptance
+from asd_core.models.base import VERIFY_BLOCK
 from asd_core.models.common import chat_prompt_ids
 from asd_core.predictor import LABEL_COLUMNS, QualityPredictor, entry_features
 
 # seconds as measured in data generation, seconds predicted by the cost model fitted on
 # single-sequence runs (notebook 01; see with_model_costs), or a deterministic size × tokens proxy
 CostSource = Literal["measured", "model", "flops"]
-VERIFY_BLOCK = 32  # rows a verification pass scores past the first mismatch, at most (llama.cpp)
 
 if TYPE_CHECKING:
     from asd_core.pipeline import Request, StageRun, Trace

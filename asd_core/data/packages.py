@@ -189,16 +189,17 @@ def task_dir(data_dir: str | Path, task: str) -> Path:
 
 def verify(task: str, data_dir: str | Path) -> list[Path]:
     """Paths of ``task``'s extracted files after checking each sha256; one-line AsdError otherwise."""
-    package = get_package(task)
-    folder = task_dir(data_dir, task)
+    fetch_hint = f"python -m asd_core.data fetch --data-dir {data_dir} --tasks {task}"
+    return _verified(get_package(task), task_dir(data_dir, task), "dataset", fetch_hint)
+
+
+def _verified(package: DataPackage, folder: Path, kind: str, fetch_hint: str) -> list[Path]:
+    """``package``'s files under ``folder``, each present and matching its pinned sha256."""
     paths = []
     for f in package.files:
         path = folder / f.name
         if not path.is_file():
-            raise AsdError(
-                f"{path}: dataset file missing; run "
-                f"`python -m asd_core.data fetch --data-dir {data_dir} --tasks {task}`"
-            )
+            raise AsdError(f"{path}: {kind} file missing; run `{fetch_hint}`")
         digest = sha256_file(path)
         if digest != f.sha256:
             raise AsdError(
@@ -448,24 +449,8 @@ def get_pool_package(pool: str) -> DataPackage:
 
 def verify_pool(pool: str, data_dir: str | Path) -> list[Path]:
     """Paths of ``pool``'s extracted files after checking each sha256; one-line AsdError otherwise."""
-    package = get_pool_package(pool)
-    folder = task_dir(data_dir, pool)
-    paths = []
-    for f in package.files:
-        path = folder / f.name
-        if not path.is_file():
-            raise AsdError(
-                f"{path}: prompt pool file missing; run "
-                f"`python -m asd_core.data pools --data-dir {data_dir} --pools {pool}`"
-            )
-        digest = sha256_file(path)
-        if digest != f.sha256:
-            raise AsdError(
-                f"{path}: sha256 {digest[:16]}… does not match the pinned {f.sha256[:16]}… "
-                f"(corrupted; delete {folder} and fetch again)"
-            )
-        paths.append(path)
-    return paths
+    fetch_hint = f"python -m asd_core.data pools --data-dir {data_dir} --pools {pool}"
+    return _verified(get_pool_package(pool), task_dir(data_dir, pool), "prompt pool", fetch_hint)
 
 
 def fetch_pools(

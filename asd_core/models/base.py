@@ -18,6 +18,9 @@ import numpy as np
 from asd_core.config import StageConfig
 
 StopReason = Literal["eos", "stop", "length"]
+# rows an early-exit verification pass scores per step: it stops after the block holding the
+# first mismatch (``Backend.score(until_mismatch=True)``; replay costs it the same way)
+VERIFY_BLOCK = 32
 TokenIds = Sequence[int]
 
 

@@ -47,6 +47,7 @@ from transformers import AutoTokenizer
 from asd_core.config import StageConfig
 from asd_core.errors import AsdError
 from asd_core.models.base import (
+    VERIFY_BLOCK,
     Generation,
     GenerationParams,
     NextTokens,
@@ -486,7 +487,7 @@ class LlamaCppBackend:
         Logits are read only from the last prompt token on (``m + 1`` rows for ``m``
         continuation tokens) and reduced in blocks of rows, so a 150k vocabulary stays cheap.
         A slot that holds the prompt already is reused (the prompt is not fed again).
-        ``until_mismatch`` feeds each continuation in blocks of :data:`_SCORE_BLOCK` tokens and
+        ``until_mismatch`` feeds each continuation in blocks of ``VERIFY_BLOCK`` tokens and
         stops after the block where the model's greedy token first differs from it (see
         :class:`Scoring`): verification reads nothing after that.
         """
@@ -517,7 +518,7 @@ class LlamaCppBackend:
                     step_from=len(prompt) if exact else len(prompt) + len(cont),
                     reuse=True,
                     on_rows=reader,
-                    chunk=_SCORE_BLOCK if until_mismatch else 0,
+                    chunk=VERIFY_BLOCK if until_mismatch else 0,
                 )
             )
             readers.append(reader)
