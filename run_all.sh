@@ -103,7 +103,7 @@ fetch_models() {  # $@: profile names whose embedded weights are needed
   local names=()
   for profile in "$@"; do
     case "$profile" in
-      cpu) names+=(smollm2-135m-instruct qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct) ;;
+      cpu|cpu-large) names+=(smollm2-135m-instruct qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct) ;;
       test) names+=(smollm2-135m-instruct qwen2.5-coder-0.5b-instruct) ;;  # the real 0->1 hop
     esac
   done
@@ -142,7 +142,7 @@ run_tests() {
 
 run_profile() {  # $1: profile
   local profile="$1"
-  [ -f "params/$profile.yaml" ] || die "params/$profile.yaml not found (profiles: smoke, cpu, paper)"
+  [ -f "params/$profile.yaml" ] || die "params/$profile.yaml not found (profiles: smoke, cpu, cpu-large, paper)"
   setup "$profile"
   "$PY" -m asd_core.config params/base.yaml "params/$profile.yaml"
   "$PY" -m asd_core.runner --profile "$profile" "${NOTEBOOKS[@]}"

@@ -4,12 +4,16 @@
 measures two things; run it alone (two jobs on two cores time each other):
 
 1. **Decode throughput**: each stage writes 64 tokens (EOS ignored) for 1, 4, 8 and 16 real
-   prompts at once; tokens per second of wall time, and the ratio to one prompt.
+   prompts at once; tokens per second of wall time (prompt processing included), and of
+   decoding alone (the wall time of the same batch writing one token taken off), each with
+   its ratio to one prompt.
 2. **Items per hour of data generation** (``datagen.shard_rows``, all stages and every
    verification pass) on ``n`` items per task from outside the test split:
-   - *old*: one sequence at a time, and every verification pass prefills the prompt again;
-   - *new*: the shard decoded as one batch (``--batch`` prompts), and a verifying stage reuses
-     the keys/values of the prompt it already wrote its own answer for.
+   - *old*: one sequence at a time, every verification pass prefills the prompt again and
+     scores the whole draft (data generation before batching);
+   - *new*: the shard decoded as one batch (``--batch`` prompts), a verifying stage reuses
+     the keys/values of the prompt it already wrote its own answer for, and stops scoring
+     a draft after the block holding its first mismatch (``verify_early_exit``).
    Shards alternate between the two paths, so drift of the machine hits both alike.
    The outputs are compared row by row: equal, or diverging at a floating-point near-tie
    (the smaller top-1/top-2 log-prob gap of the two runs at the first differing token is
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 import pandas as pd
@@ -32,7 +37,7 @@ from tqdm import tqdm
 from asd_core import config
 from asd_core.budgets import sample_items
 from asd_core.data.splits import split_of
-from asd_core.datagen import DatagenSpec, Entry, shard_rows
+from asd_core.datagen import DatagenSpec, Entry, prompt_reuse, shard_rows
 from asd_core.errors import cli_entry
 from asd_core.models.base import Backend, GenerationParams
 from asd_core.models.common import chat_prompt_ids
@@ -50,28 +55,39 @@ def decode_throughput(
     """One row per stage × batch size: generated tokens per second of wall time.
 
     Every run writes exactly ``N_NEW`` tokens per prompt (EOS ignored), from the first
-    ``batch`` of ``questions``.
+    ``batch`` of ``questions``. ``decode_tok_per_s`` leaves prompt processing out: the same
+    batch writing one token is timed too, and tokens after the first are divided by the
+    difference of the two wall times.
     """
     rows = []
     params = GenerationParams(max_new_tokens=N_NEW, ignore_eos=True)
+    first = GenerationParams(max_new_tokens=1, ignore_eos=True)
     for backend in backends:
         prompts = [chat_prompt_ids(backend.tokenizer, q) for q in questions]
         backend.generate(prompts[:1], GenerationParams(max_new_tokens=4))  # warm-up
-        base = None
+        base = base_decode = None
         for batch in batches:
+            start = time.perf_counter()
+            backend.generate(prompts[:batch], first)
+            prefill = time.perf_counter() - start
             start = time.perf_counter()
             gens = backend.generate(prompts[:batch], params)
             wall = time.perf_counter() - start
-            rate = sum(g.n_out for g in gens) / wall
-            base = base or rate
+            tokens = sum(g.n_out for g in gens)
+            rate, decode = tokens / wall, (tokens - batch) / max(wall - prefill, 1e-9)
+            base, base_decode = base or rate, base_decode or decode
             rows.append(
                 {
                     "stage": backend.stage.name,
                     "batch": batch,
-                    "tokens": sum(g.n_out for g in gens),
+                    "prompt_tokens": sum(len(p) for p in prompts[:batch]),
+                    "tokens": tokens,
                     "wall_s": wall,
+                    "prefill_s": prefill,
                     "tok_per_s": rate,
                     "vs_batch_1": rate / base,
+                    "decode_tok_per_s": decode,
+                    "decode_vs_batch_1": decode / base_decode,
                 }
             )
     return pd.DataFrame(rows)
@@ -120,11 +136,6 @@ def compare_rows(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -
     }
 
 
-def _with_reuse(backends: Sequence[Backend], reuse: bool) -> None:
-    for b in backends:
-        b.stage = b.stage.model_copy(update={"reuse_prompts": reuse})
-
-
 def _fed(backends: Sequence[Backend]) -> int:
     return sum(int(getattr(b, "tokens_fed", 0)) for b in backends)
 
@@ -139,20 +150,19 @@ def datagen_speed(
     """Both paths over the same shards, alternating; (per-path table, output comparison)."""
     keys = [tokenizer_key(b.tokenizer) for b in backends]
     paths = {
-        "old": (DatagenSpec(**{**spec.__dict__, "batch_size": 1}), False),
-        "new": (DatagenSpec(**{**spec.__dict__, "batch_size": batch}), True),
+        "old": (replace(spec, batch_size=1, verify_early_exit=False), False),
+        "new": (replace(spec, batch_size=batch, verify_early_exit=True), True),
     }
     rows: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
     seconds = {"old": 0.0, "new": 0.0}
     fed = {"old": 0, "new": 0}
     for entries in tqdm(shards, desc="shards (old, new)", disable=not progress):
         for name, (path_spec, reuse) in paths.items():
-            _with_reuse(backends, reuse)
-            before, start = _fed(backends), time.perf_counter()
-            rows[name] += shard_rows(backends, keys, entries, path_spec)
-            seconds[name] += time.perf_counter() - start
-            fed[name] += _fed(backends) - before
-    _with_reuse(backends, True)
+            with prompt_reuse(backends, reuse):
+                before, start = _fed(backends), time.perf_counter()
+                rows[name] += shard_rows(backends, keys, entries, path_spec)
+                seconds[name] += time.perf_counter() - start
+                fed[name] += _fed(backends) - before
     n_items = sum(len(s) for s in shards)
     table = pd.DataFrame(
         [
@@ -160,6 +170,7 @@ def datagen_speed(
                 "path": name,
                 "batch": 1 if name == "old" else batch,
                 "reuse_prompts": name == "new",
+                "early_exit": name == "new",
                 "items": n_items,
                 "seconds": seconds[name],
                 "items_per_hour": 3600 * n_items / seconds[name],

@@ -107,6 +107,13 @@ class Params(BaseModel):
     # "generate" writes a reply and reads the letter out of it
     datagen_mc_scoring: Literal["loglik", "generate"] = "loglik"
     datagen_task_sources: dict[TaskName, str] = {}  # task: local file or hub id (not the package)
+    # task: unlabelled training prompts from its family's pools (asd_core.data.pools; split
+    # "train", never evaluated); ``python -m asd_core.data pools --profile P`` shows the draw
+    datagen_pool_per_task: dict[TaskName, Annotated[int, Field(ge=0)]] = {}
+    datagen_pools: list[str] | None = None  # draw from these pools only (None: the packaged ones)
+    datagen_pool_sources: dict[str, str] = {}  # pool: local file or hub id (e.g. mbpp offline)
+    datagen_verify_early_exit: bool = True  # verifiers stop scoring after the first mismatch
+    # block; false scores whole drafts (the old data generation, kept for its benchmark)
     # -- quality predictor (DESIGN §5) --
     predictor_hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [
         64,

@@ -65,7 +65,7 @@ from tqdm import tqdm
 from asd_core import config
 from asd_core.choice import choice_verdict, respond
 from asd_core.config import StageConfig
-from asd_core.data import SPLITS, Item, Split, get_task, load_task, split_of
+from asd_core.data import SPLITS, Item, Split, get_task, load_task, pools, split_of
 from asd_core.data.splits import DEFAULT_FRACTIONS, check_fractions, task_seed
 from asd_core.errors import AsdError, cli_entry
 from asd_core.eval.metrics import (
@@ -183,6 +183,13 @@ class DatagenSpec:
     # instead of the packaged data
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS  # train/calibration/test
     # shares of the stable item-id hash (params key ``split_fractions``)
+    pool_per_task: Mapping[str, int] = field(default_factory=dict)  # task -> unlabelled
+    # training prompts drawn from its family's pools (asd_core.data.pools); split "train",
+    # ids "pool-…", never evaluated
+    pools: tuple[str, ...] | None = None  # draw from these pools only (None: the packaged ones)
+    pool_sources: Mapping[str, str] = field(default_factory=dict)  # pool -> file or hub id
+    verify_early_exit: bool = True  # a verifier may stop scoring after the block holding the
+    # first rejected token; False scores whole drafts (the old path, for the benchmark)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -192,6 +199,10 @@ class DatagenSpec:
         stops = {t: tuple(v) for t, v in self.stop_strings.items()}
         object.__setattr__(self, "stop_strings", stops)
         object.__setattr__(self, "split_fractions", check_fractions(self.split_fractions))
+        object.__setattr__(self, "pool_per_task", dict(self.pool_per_task))
+        object.__setattr__(self, "pool_sources", dict(self.pool_sources))
+        if self.pools is not None:
+            object.__setattr__(self, "pools", tuple(self.pools))
         if not self.profile:
             raise DatagenError("datagen: 'profile' is empty")
         if not self.stages:
@@ -232,6 +243,13 @@ class DatagenSpec:
         unknown = sorted(set(self.task_sources) - set(self.tasks))
         if unknown:
             raise DatagenError(f"datagen_task_sources: '{unknown[0]}' is not in tasks")
+        for task, n in self.pool_per_task.items():
+            if task not in self.tasks:
+                raise DatagenError(f"datagen_pool_per_task: '{task}' is not in tasks")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise DatagenError(
+                    f"datagen_pool_per_task.{task}: must be an integer ≥ 0, got {n!r}"
+                )
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> DatagenSpec:
@@ -300,6 +318,10 @@ class DatagenSpec:
                 for t in self.tasks
             },
             "task_sources": {t: self.task_sources.get(t, "package") for t in self.tasks},
+            "pool_per_task": {t: n for t, n in self.pool_per_task.items() if n},
+            "pools": None if self.pools is None else list(self.pools),
+            "pool_sources": dict(self.pool_sources),
+            "verify_early_exit": self.verify_early_exit,
         }
 
 
@@ -316,6 +338,10 @@ DATAGEN_KEYS = (  # DatagenSpec fields set by ``datagen_<field>`` params keys
     "stop_strings",
     "mc_scoring",
     "task_sources",
+    "pool_per_task",
+    "pools",
+    "pool_sources",
+    "verify_early_exit",
 )
 
 
@@ -323,8 +349,8 @@ DATAGEN_KEYS = (  # DatagenSpec fields set by ``datagen_<field>`` params keys
 class Entry:
     """One selected item and the split it was drawn from."""
 
-    item: Item  # the input and its references
-    split: Split  # train, calibration or test
+    item: Item  # the input and its references (none for a pool prompt)
+    split: Split  # train, calibration or test; a pool prompt is always train
 
 
 @dataclass(frozen=True)
@@ -333,7 +359,7 @@ class Selection:
 
     entries: tuple[Entry, ...]  # every item, in the fixed order the shards follow
     skipped_too_long: dict[str, int]  # "<task>/<split>" -> items passed over for their length
-    counts: dict[str, int]  # "<task>/<split>" -> items selected
+    counts: dict[str, int]  # "<task>/<split>" (split "pool": unlabelled prompts) -> selected
 
     def shards(self, shard_size: int) -> list[tuple[Entry, ...]]:
         """Consecutive runs of at most ``shard_size`` entries of one task each.
@@ -392,12 +418,25 @@ def select_entries(
     spec: DatagenSpec,
     items_by_task: Mapping[str, Sequence[Item]],
     fits: Callable[[Item], bool] = lambda item: True,
+    pool_prompts: Mapping[str, Sequence[Item]] | None = None,
 ) -> Selection:
-    """Sample every task × split, then shuffle them all into one order (seeded)."""
+    """Sample every task × split, and ``spec.pool_per_task`` prompts of each task's supply in
+    ``pool_prompts`` (the train split), then shuffle them all into one order (seeded)."""
     pooled: list[Entry] = []
     skipped: dict[str, int] = {}
     counts: dict[str, int] = {}
     for task in spec.tasks:
+        n = spec.pool_per_task.get(task, 0)
+        if n:
+            supply = (pool_prompts or {}).get(task, ())
+            chosen, passed = sample_fitting(supply, n, task_seed(spec.seed, f"{task}/pool"), fits)
+            if len(chosen) < n:
+                raise DatagenError(
+                    f"datagen_pool_per_task.{task}: asks for {n} prompts; its pools hold "
+                    f"{len(supply)}, of which {len(supply) - passed} fit the context"
+                )
+            counts[f"{task}/pool"], skipped[f"{task}/pool"] = n, passed
+            pooled += [Entry(it, "train") for it in chosen]
         for split in SPLITS:
             n = spec.per_split[split]
             pool = [
@@ -535,6 +574,7 @@ def shard_rows(
                     [prompts[j][i] for i in chunk],
                     [drafts[i] for i in chunk],
                     keys[k] == keys[j],
+                    spec.verify_early_exit,
                 )
                 for i, v in zip(chunk, found, strict=True):
                     out[i] = v
@@ -622,12 +662,19 @@ def _shard(
     """Shard ``index``'s rows: batched, or one sequence at a time on the solo shards."""
     if not (spec.solo_every and index % spec.solo_every == 0):
         return shard_rows(backends, keys, entries, spec, sandbox_limits)
+    with prompt_reuse(backends, False):
+        solo = dataclasses.replace(spec, batch_size=1)
+        return shard_rows(backends, keys, entries, solo, sandbox_limits)
+
+
+@contextlib.contextmanager
+def prompt_reuse(backends: Sequence[Backend], enabled: bool) -> Iterator[None]:
+    """Run the block with every stage's ``reuse_prompts`` set to ``enabled``, then restore it."""
     stages = [b.stage for b in backends]
     try:
         for b in backends:
-            b.stage = b.stage.model_copy(update={"reuse_prompts": False})
-        solo = dataclasses.replace(spec, batch_size=1)
-        return shard_rows(backends, keys, entries, solo, sandbox_limits)
+            b.stage = b.stage.model_copy(update={"reuse_prompts": enabled})
+        yield
     finally:
         for b, stage in zip(backends, stages, strict=True):
             b.stage = stage
@@ -755,6 +802,22 @@ def _load_items(spec: DatagenSpec, data_dir: Path) -> dict[str, list[Item]]:
     return {t: load_task(t, data_dir, spec.task_sources.get(t)) for t in spec.tasks}
 
 
+def load_pool_prompts(spec: DatagenSpec, data_dir: Path) -> dict[str, list[Item]]:
+    """Every pool prompt each task with a ``pool_per_task`` count may draw (fetched once).
+
+    One-line error when a count exceeds what the pools hold, before any model is loaded.
+    """
+    wanted = [t for t in spec.tasks if spec.pool_per_task.get(t)]
+    if not wanted:
+        return {}
+    found = pools.supplies(
+        wanted, data_dir, spec.pools, spec.pool_sources, spec.task_sources, download=True
+    )
+    for task in wanted:
+        pools.take(found[task], spec.pool_per_task[task], spec.seed)  # raises if too few
+    return {t: list(found[t].items) for t in wanted}
+
+
 def run(
     spec: DatagenSpec,
     data_dir: str | os.PathLike[str],
@@ -779,6 +842,7 @@ def run(
         select_entries(spec, {})  # raises the one-line empty-selection error
     check_manifest(folder, static)  # before loading anything: a mismatch costs nothing
     items = _load_items(spec, data_dir)
+    pool_prompts = load_pool_prompts(spec, data_dir)
     own = backends is None
     loaded: list[Backend] = []
     try:
@@ -792,7 +856,7 @@ def run(
         if names != [s.name for s in spec.stages]:
             raise DatagenError(f"datagen: backends {names} do not match stages {spec.stages}")
         keys = [tokenizer_key(b.tokenizer) for b in backends]
-        selection = select_entries(spec, items, prompt_fits(backends, spec))
+        selection = select_entries(spec, items, prompt_fits(backends, spec), pool_prompts)
         shards = selection.shards(spec.shard_size)
         content = {
             **static,

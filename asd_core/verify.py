@@ -243,6 +243,7 @@ def verify_batch(
     prompts: Sequence[Sequence[int]],
     drafts: Sequence[Draft],
     same_tokenizer: bool | Sequence[bool],
+    until_mismatch: bool = True,
 ) -> list[Verdict]:
     """Verify a batch of drafts with one ``score`` call.
 
@@ -252,10 +253,13 @@ def verify_batch(
         drafts: B drafts, from any shallower stages.
         same_tokenizer: one flag for all drafts or B flags (drafts from several stages can join
             one verifier's batch); True means draft ids are already verifier ids.
+        until_mismatch: let the runtime stop scoring a draft after the block holding its
+            first rejected token (nothing later is read). False scores every draft token, as
+            data generation did before (the old path of its benchmark).
     Returns:
         B verdicts, in order.
     """
-    return _verify_scored(verifier, prompts, drafts, same_tokenizer, top_k=0)[0]
+    return _verify_scored(verifier, prompts, drafts, same_tokenizer, 0, until_mismatch)[0]
 
 
 def _verify_scored(
@@ -264,6 +268,7 @@ def _verify_scored(
     drafts: Sequence[Draft],
     same_tokenizer: bool | Sequence[bool],
     top_k: int,
+    until_mismatch: bool = True,
 ) -> tuple[list[Verdict], list[Scoring]]:
     """:func:`verify_batch`, also returning the scoring passes (with statistics if top_k > 0)."""
     same = _flags("verify", prompts, drafts, same_tokenizer)
@@ -276,7 +281,7 @@ def _verify_scored(
         conts.append(_draft_in_verifier_ids(verifier, d, s))
         prep_s.append(time.perf_counter() - start)
     # nothing after the first disagreement is read, so the runtime may stop scoring there
-    scorings = verifier.score(prompts, conts, top_k, until_mismatch=True)
+    scorings = verifier.score(prompts, conts, top_k, until_mismatch=until_mismatch)
     verdicts = []
     for ids, sc, d, s, prep in zip(conts, scorings, drafts, same, prep_s, strict=True):
         start = time.perf_counter()

@@ -639,3 +639,56 @@ def test_items_without_gold_get_an_answer_key_and_no_quality() -> None:
     labelled = Item(item_id="mmlu/000002", task="mmlu", question=question, answer="B")
     score = datagen._quality(datagen.Entry(labelled, "train"), "The answer is B.", None, False)
     assert (score.extracted, score.correct) == ("B", 1.0)
+
+
+# -- unlabelled pool prompts ----------------------------------------------------------------------
+POOL = [
+    Item(item_id=f"pool-openbookqa/{i:06d}", task="mmlu", question=f"p{i}", meta={"pool": "x"})
+    for i in range(30)
+]
+
+
+def test_pool_prompts_join_the_train_split_and_grow_stably(sources: dict[str, str]) -> None:
+    spec = make_spec(sources, tasks=("mmlu",), task_sources={}, pool_per_task={"mmlu": 5})
+    items = {"mmlu": ITEMS}
+    sel = datagen.select_entries(spec, items, pool_prompts={"mmlu": POOL})
+    pooled = [e for e in sel.entries if e.item.item_id.startswith("pool-")]
+    assert len(pooled) == 5 and {e.split for e in pooled} == {"train"}
+    assert sel.counts["mmlu/pool"] == 5 and sel.counts["mmlu/train"] == 3
+    more = make_spec(sources, tasks=("mmlu",), task_sources={}, pool_per_task={"mmlu": 9})
+    bigger = datagen.select_entries(more, items, pool_prompts={"mmlu": POOL})
+    assert {e.item.item_id for e in pooled} <= {e.item.item_id for e in bigger.entries}
+    short = lambda item: item.item_id.startswith("mmlu/") or int(item.item_id[-2:]) < 4  # noqa: E731
+    with pytest.raises(datagen.DatagenError) as excinfo:
+        datagen.select_entries(spec, items, short, pool_prompts={"mmlu": POOL})
+    assert "datagen_pool_per_task.mmlu: asks for 5 prompts; its pools hold 30, of which 4" in (
+        one_line(excinfo)
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"pool_per_task": {"gsm8k": 3}}, "datagen_pool_per_task: 'gsm8k' is not in tasks"),
+        ({"pool_per_task": {"mmlu": -1}}, "datagen_pool_per_task.mmlu"),
+    ],
+)
+def test_bad_pool_counts_are_one_error(
+    sources: dict[str, str], change: dict[str, object], key: str
+) -> None:
+    with pytest.raises(AsdError) as excinfo:
+        make_spec(sources, **change)
+    assert key in one_line(excinfo)
+
+
+def test_pool_count_beyond_the_supply_is_refused_before_loading(
+    sources: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asd_core.data import pools
+
+    supply = pools.Supply("mmlu", tuple(POOL), (pools.PoolCount("x", 30, 0, 0, 0, 0, 30),))
+    monkeypatch.setattr(pools, "supplies", lambda *a, **k: {"mmlu": supply})
+    spec = make_spec(sources, pool_per_task={"mmlu": 31})
+    with pytest.raises(AsdError) as excinfo:
+        datagen.run(spec, tmp_path, tmp_path / "no-models", progress=False)
+    assert "hold 30 prompts after dropping evaluation questions; asked for 31" in one_line(excinfo)

@@ -278,3 +278,29 @@ def test_cost_model_check_scores_the_solo_rows(gens: pd.DataFrame, tmp_path) -> 
     assert adaptive.costed(gens, "measured", path, names) is gens
     with pytest.raises(AsdError, match="run notebook 01"):
         adaptive.costed(gens, "model", tmp_path / "missing.csv", names)
+
+
+def test_pool_prompts_train_every_fold_and_are_never_evaluated(
+    gens: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train_ids = sorted(gens.loc[gens["split"] == "train", "item_id"].unique())[:20]
+    renamed = {i: f"pool-test/{n:06d}" for n, i in enumerate(train_ids)}
+    with_pool = gens.assign(item_id=gens["item_id"].replace(renamed))
+    seen: list[set[str]] = []
+
+    def recording(train: pd.DataFrame, cal: pd.DataFrame, *args: object, **kw: object):
+        seen.append(set(train["item_id"]))
+        return train_predictor(train, cal, *args, **kw)
+
+    monkeypatch.setattr(runner, "train_predictor", recording)
+    settings = runner.EvalSettings(
+        lambdas=(1.0,),
+        seeds=(1,),
+        train=TrainConfig(max_epochs=5, patience=2, n_members=1),
+        folds=2,
+    )
+    results, _ = runner.evaluate(with_pool, settings, K, progress=False)
+    pool_ids = set(renamed.values())
+    assert not pool_ids & set(results["item_id"])
+    assert results["item_id"].nunique() == gens["item_id"].nunique() - len(pool_ids)
+    assert len(seen) == 2 and all(pool_ids <= ids for ids in seen)

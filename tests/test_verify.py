@@ -447,11 +447,14 @@ def test_batch_is_one_score_call_and_equals_one_at_a_time(bytes_model, bpe_model
             return getattr(self.inner, name)
 
         def score(self, p, c, top_k=0, until_mismatch=False):
-            calls.append(len(p))
+            calls.append((len(p), until_mismatch))
             return self.inner.score(p, c, top_k, until_mismatch)
 
     batch = verify_batch(Counting(bpe_model), prompts, drafts, same)
-    assert calls == [4]
+    assert calls == [(4, True)]  # the runtime may stop after the first mismatch ...
+    whole = verify_batch(Counting(bpe_model), prompts, drafts, same, until_mismatch=False)
+    assert calls[1] == (4, False)  # ... unless whole drafts are asked for (the old path)
+    assert [v.n_accepted for v in whole] == [v.n_accepted for v in batch]
     single = [
         verify(bpe_model, p, d, same_tokenizer=s)
         for p, d, s in zip(prompts, drafts, same, strict=True)

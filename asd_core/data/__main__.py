@@ -4,6 +4,7 @@ count (and fetch) the unlabelled training-prompt pools."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 
 from asd_core.data import packages
 from asd_core.data.loaders import load_task
@@ -50,7 +51,7 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 
 def pools(
     tasks: list[str],
-    per_task: int,
+    per_task: int | Mapping[str, int],
     seed: int,
     data_dir: str,
     names: list[str] | None,
@@ -58,18 +59,21 @@ def pools(
     eval_sources: dict[str, str],
     dry_run: bool,
 ) -> None:
-    """Print, per task and pool, what a draw of ``per_task`` prompts takes from what is there.
+    """Print, per task and pool, what a draw of ``per_task`` prompts (one count for every
+    task, or a count per task) takes from what is there.
 
     Every task is reported before the first one that cannot be supplied raises its error.
     """
+    counts = per_task if isinstance(per_task, Mapping) else dict.fromkeys(tasks, per_task)
     supply = supplies(tasks, data_dir, names, sources, eval_sources, download=not dry_run)
     failure: AsdError | None = None
     for task, s in supply.items():
+        want = counts.get(task, 0)
         try:
-            drawn = take(s, per_task, seed)
+            drawn = take(s, want, seed)
         except AsdError as err:
             failure, drawn = failure or err, []
-        verdict = f"drawing {len(drawn)}" if len(drawn) == per_task else f"cannot draw {per_task}"
+        verdict = f"drawing {len(drawn)}" if len(drawn) == want else f"cannot draw {want}"
         print(
             f"{task} ({family_of(task)}): {len(s.items)} prompts available, {verdict} (seed {seed})"
         )
@@ -79,7 +83,7 @@ def pools(
                 f"{'other task':>12}{'available':>11}{'drawn':>7}"
             )
         for c in s.counts:
-            n = sum(it.meta["pool"] == c.pool for it in drawn) if drawn or not per_task else "-"
+            n = sum(it.meta["pool"] == c.pool for it in drawn) if drawn or not want else "-"
             print(
                 f"  {c.pool:<15}{c.rows:>7}{c.unusable:>10}{c.in_eval:>9}{c.duplicate:>11}"
                 f"{c.other_task:>12}{c.available:>11}{n:>7}"
@@ -139,6 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     pools_p.add_argument(
         "--dry-run", action="store_true", help="read only files already on disk: no download"
     )
+    pools_p.add_argument(
+        "--profile",
+        default=None,
+        help="draw what params/<profile>.yaml asks for (tasks, datagen_pool_per_task, "
+        "datagen_pools, datagen_pool_sources, seed); other options are then ignored",
+    )
     for p in (fetch_p, show_p, pools_p):
         p.add_argument("--data-dir", default=packages.default_data_dir())
     args = parser.parse_args(argv)
@@ -150,6 +160,24 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"ok {task}: {len(paths)} file(s) in {packages.task_dir(args.data_dir, task)}"
                 )
+        elif args.action == "pools" and args.profile:
+            from asd_core import config
+            from asd_core.reporting import repo_path
+
+            params = config.load(
+                [repo_path("params/base.yaml"), repo_path(f"params/{args.profile}.yaml")]
+            )
+            print(f"profile {args.profile}: datagen_pool_per_task {params.datagen_pool_per_task}")
+            pools(
+                list(params.tasks),
+                dict(params.datagen_pool_per_task),
+                params.seed,
+                args.data_dir,
+                params.datagen_pools,
+                dict(params.datagen_pool_sources),
+                dict(params.datagen_task_sources),
+                args.dry_run,
+            )
         elif args.action == "pools":
             sources = _pairs(args.source, "--source")
             tasks = (

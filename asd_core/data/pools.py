@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from asd_core.data import loaders, packages
-from asd_core.data.splits import unit_hash
+from asd_core.data.splits import POOL_ID_PREFIX, unit_hash
 from asd_core.data.tasks import LETTERS, TASKS, Item, get_task
 from asd_core.errors import AsdError
 from asd_core.eval.metrics import TASK_FAMILIES
@@ -294,7 +294,7 @@ def eval_questions(
 def pool_item(pool: Pool, task: str, index: int, row: Row) -> Item:
     """The Item of the ``index``-th row of ``pool`` (a canonical row), prompted as ``task``."""
     return Item(
-        item_id=f"pool-{pool.name}/{index:06d}",
+        item_id=f"{POOL_ID_PREFIX}{pool.name}/{index:06d}",
         task=task,
         question=get_task(task).format_prompt(row),
         code_prompt=str(row.get("prompt", "")),

@@ -52,6 +52,14 @@ def split_of(
     return "calibration" if u < train + calibration else "test"
 
 
+POOL_ID_PREFIX = "pool-"  # ids of unlabelled pool prompts (asd_core.data.pools): train only
+
+
+def is_pool_id(item_id: str) -> bool:
+    """Is ``item_id`` an unlabelled training prompt from a pool (never an evaluation item)?"""
+    return item_id.startswith(POOL_ID_PREFIX)
+
+
 def fold_of(item_id: str, n_folds: int, salt: str = "fold") -> int:
     """The cross-fitting fold (0..n_folds-1) of ``item_id``: a stable hash, like the splits,
     drawn independently of them."""

@@ -45,7 +45,7 @@ from asd_core.adaptive import (
     fit_policy_model,
     size_based_costs,
 )
-from asd_core.data.splits import fold_of
+from asd_core.data.splits import fold_of, is_pool_id
 from asd_core.errors import AsdError
 from asd_core.eval.replay import (
     Beliefs,
@@ -156,9 +156,12 @@ def evaluate(
     (``data.splits.fold_of``). For each fold, every learned method is fitted on the other folds
     (their ``calibration`` rows calibrate and tune thresholds, the rest train) and evaluated
     on this fold, so every item is evaluated exactly once per method × λ × seed, by methods
-    that never saw it. The ``fold`` column says which.
+    that never saw it. The ``fold`` column says which. Unlabelled pool prompts
+    (``data.splits.is_pool_id``) are never evaluated: they join every fold's training rows.
     """
     K = n_stages
+    pool = generations["item_id"].map(lambda i: is_pool_id(str(i))).to_numpy(bool)
+    extra_train, generations = generations[pool], generations[~pool]
     fold = generations["item_id"].map(lambda i: fold_of(str(i), settings.folds)).to_numpy()
     for f in range(settings.folds):
         if not (fold == f).any():
@@ -178,7 +181,7 @@ def evaluate(
     for f in range(settings.folds):
         rest = generations[fold != f]
         parts = {
-            "train": rest[rest["split"] != "calibration"],
+            "train": pd.concat([rest[rest["split"] != "calibration"], extra_train]),
             "calibration": rest[rest["split"] == "calibration"],
             "test": generations[fold == f],
         }
