@@ -4,6 +4,8 @@
 versions, CPU, memory, GPUs, git commit, the merged parameters), then per notebook its start,
 end and wall time, the peak resident memory of the notebook's kernel (sampled), its CPU-hours
 and, when ``nvidia-smi`` is present, GPU-hours and energy integrated from sampled power draw.
+Machines of one kind differ by up to 3× in decoding speed, so the log also gives each stage's
+measured prompt and decode rates (tokens/s, from notebook 01's cost model) beside the times.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import psutil
 
-from asd_core.reporting import atomic_write_text, provenance
+from asd_core.reporting import atomic_write_text, provenance, repo_path
 
 SAMPLE_S = 0.5  # seconds between memory/power samples
 
@@ -114,14 +117,32 @@ def track(name: str) -> Iterator[NotebookUsage]:
         usage.gpu_energy_wh = energy[0]
 
 
+def stage_speeds(cost_model_csv: Path) -> list[dict[str, Any]]:
+    """Per stage: prompt and decode tokens/s of one sequence (1/b and 1/d of the cost model
+    ĉ = a + b·n_in + d·n_out); empty when notebook 01 has not written the table."""
+    if not cost_model_csv.is_file():
+        return []
+    table = pd.read_csv(cost_model_csv)
+    return [
+        {
+            "stage": str(r.stage),
+            "prompt_tok_per_s": 1.0 / r.b_s_per_in_token if r.b_s_per_in_token > 0 else None,
+            "decode_tok_per_s": 1.0 / r.d_s_per_out_token if r.d_s_per_out_token > 0 else None,
+        }
+        for r in table.itertuples()
+    ]
+
+
 def write(
     out_dir: Path, profile: str, params: Mapping[str, Any], usages: list[NotebookUsage]
 ) -> Path:
     """Write ``run_log.json`` and ``run_log.md`` into ``out_dir``; returns the JSON path."""
     env = provenance(params, int(params.get("seed", 0)), command=f"run_all.sh {profile}")
+    tables = repo_path(str(params.get("reports_dir", "reports"))) / "tables"
     record = {
         "profile": profile,
         "environment": env,
+        "stage_speeds": stage_speeds(tables / "cost_model.csv"),
         "params": dict(params),
         "notebooks": [asdict(u) for u in usages],
         "total_wall_s": sum(u.wall_s for u in usages),
@@ -148,6 +169,7 @@ def markdown(record: Mapping[str, Any]) -> str:
         f"- platform: {hw.get('platform')}",
         f"- total wall time {record['total_wall_s'] / 60:.1f} min, "
         f"{record['total_cpu_hours']:.2f} CPU-hours, {record['total_gpu_hours']:.2f} GPU-hours",
+        *_speed_lines(record.get("stage_speeds") or []),
         "",
         "| notebook | start (UTC) | wall | peak RSS GiB | CPU-hours | GPU-hours | GPU energy Wh | ok |",
         "|---|---|---|---|---|---|---|---|",
@@ -161,3 +183,16 @@ def markdown(record: Mapping[str, Any]) -> str:
     pk = env.get("packages", {})
     lines += ["", "Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items())), ""]
     return "\n".join(lines)
+
+
+def _speed_lines(speeds: list[Mapping[str, Any]]) -> list[str]:
+    def rate(x: float | None) -> str:
+        return "–" if x is None else f"{x:.0f}"
+
+    if not speeds:
+        return []
+    parts = [
+        f"{s['stage']} {rate(s['decode_tok_per_s'])} (prompt {rate(s['prompt_tok_per_s'])})"
+        for s in speeds
+    ]
+    return ["- measured tok/s, one sequence, decode (prompt): " + ", ".join(parts)]

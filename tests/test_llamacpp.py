@@ -21,6 +21,7 @@ pytest.importorskip("llama_cpp")
 
 from asd_core.config import StageConfig  # noqa: E402
 from asd_core.errors import AsdError  # noqa: E402
+from asd_core.models import llamacpp  # noqa: E402
 from asd_core.models.base import Backend, GenerationParams  # noqa: E402
 from asd_core.models.common import chat_prompt_ids
 from asd_core.models.llamacpp import LlamaCppBackend  # noqa: E402
@@ -561,3 +562,38 @@ def test_next_logprobs_match_scoring_and_a_one_letter_choice(smol) -> None:
     assert nxt.argmax == first.token_ids[0]
     (picked,) = choose(smol, [prompt], letters)
     assert picked.text == letters[int(np.argmax(nxt.logprobs))]
+
+
+@pytest.mark.integration
+def test_a_shared_prompt_prefix_is_prefilled_once_and_copied(models_dir: Path) -> None:
+    backend = LlamaCppBackend(stage(SMOL).model_copy(update={"max_batch": 3}), models_dir)
+    task = "Answer the following question truthfully in one short sentence.\n\nQuestion: "
+    questions = ["What is the capital of France?", "Why is the sky blue?", "Who wrote Hamlet?"]
+    try:
+        prompts = [chat(backend.tokenizer, task + q) for q in questions + ["What is rust?"]]
+        shared = min(llamacpp._common_prefix(prompts[0], p) for p in prompts[1:])
+        params = GenerationParams(max_new_tokens=16, top_k=2, ignore_eos=True)  # equal lengths
+        outputs, fed = {}, {}
+        for reuse in (False, True):
+            backend.stage = backend.stage.model_copy(update={"reuse_prompts": reuse})
+            before = backend.tokens_fed
+            outputs[reuse] = backend.generate(prompts, params)  # 4 prompts, 3 slots: one waits
+            fed[reuse] = backend.tokens_fed - before
+        letters = [backend.tokenizer.encode(x)[0] for x in "ABCD"]
+        backend.stage = backend.stage.model_copy(update={"reuse_prompts": True})
+        choices = backend.next_logprobs(prompts, letters)
+        backend.stage = backend.stage.model_copy(update={"reuse_prompts": False})
+        alone = backend.next_logprobs(prompts, letters)
+    finally:
+        backend.close()
+    assert shared >= llamacpp._MIN_SHARED
+    # prefilled once, not 4 times; the prompt that waited for a slot may take over the shared
+    # slot itself and keep more (its question starts like the first one's)
+    most = sum(llamacpp._common_prefix(prompts[0], p) for p in prompts[1:])
+    assert (len(prompts) - 1) * shared <= fed[False] - fed[True] <= most
+    same, found = batch_divergences(outputs[True], outputs[False])
+    print(f"\n[llamacpp {SMOL}] shared prefix of {shared} tokens: {same} of 4 outputs equal")
+    assert all(d["gap"] < SELF_GAP for d in found) and same >= 3
+    for a, b in zip(choices, alone, strict=True):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=0.05)
+    assert all(g.prefill_s > 0 for g in outputs[True])

@@ -148,3 +148,26 @@ def test_save_figure_writes_png_and_sidecar(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "fig.png.provenance.json"]
     assert json.loads((tmp_path / "fig.png.provenance.json").read_text())["seed"] == 11
+
+
+def test_run_log_states_each_stages_measured_speed(tmp_path: Path) -> None:
+    from asd_core import runlog
+
+    assert runlog.stage_speeds(tmp_path / "missing.csv") == []
+    csv = tmp_path / "cost_model.csv"
+    csv.write_text(
+        "stage,a_s,b_s_per_in_token,d_s_per_out_token\ns0,0.1,0.005,0.02\ns1,0.1,0.01,0\n"
+    )
+    speeds = runlog.stage_speeds(csv)
+    assert speeds[0] == {"stage": "s0", "prompt_tok_per_s": 200.0, "decode_tok_per_s": 50.0}
+    assert speeds[1]["decode_tok_per_s"] is None  # an unfitted slope is no speed
+    record = {
+        "profile": "p",
+        "environment": {"hardware": {}},
+        "stage_speeds": speeds,
+        "notebooks": [],
+        "total_wall_s": 60.0,
+        "total_cpu_hours": 0.0,
+        "total_gpu_hours": 0.0,
+    }
+    assert "decode (prompt): s0 50 (prompt 200), s1 – (prompt 100)" in runlog.markdown(record)

@@ -170,12 +170,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"profile {args.profile}: datagen_pool_per_task {params.datagen_pool_per_task}")
             pools(
                 list(params.tasks),
-                dict(params.datagen_pool_per_task),
+                {str(t): n for t, n in params.datagen_pool_per_task.items()},
                 params.seed,
                 args.data_dir,
                 params.datagen_pools,
                 dict(params.datagen_pool_sources),
-                dict(params.datagen_task_sources),
+                {str(t): src for t, src in params.datagen_task_sources.items()},
                 args.dry_run,
             )
         elif args.action == "pools":

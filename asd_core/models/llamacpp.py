@@ -16,8 +16,12 @@ it.
 start from a slot that already holds the whole prompt (left there by this stage's own
 generation or by the verification pass just before) and feed only what follows, so verifying
 a draft of a prompt this stage has processed costs the draft tokens, not the prompt again.
-``generate`` and ``next_logprobs`` always prefill from scratch, so their outputs never depend
-on what ran before. ``StageConfig.reuse_prompts: false`` turns reuse off.
+``generate`` and ``next_logprobs`` never start from what an earlier call left, so their
+outputs never depend on what ran before; but within one call of several prompts that open with
+the same tokens (the chat template's system turn and the task's instructions: 32–71 tokens of
+the `cpu` tasks' prompts), that shared prefix is prefilled once in one slot and copied into
+the others' slots (a whole-slot copy, then the tail is dropped), and its time is shared among
+them. ``StageConfig.reuse_prompts: false`` turns both kinds of reuse off.
 
 **Numerics.** llama.cpp's CPU kernels give each row of a multi-token batch the same result
 whatever the other rows are, but a one-token decode goes through other kernels (log-probs move
@@ -76,6 +80,9 @@ Clock = Callable[[], float]
 _SEED = 1234
 _SCORE_BLOCK = 32  # rows of logits reduced at once in score(): bounds temporaries to 32 x V floats
 _N_BATCH = 512  # tokens per llama_decode call (llama.cpp's default)
+# a shared prompt prefix shorter than this is fed again: copying a slot costs about as much as
+# prefilling a few tokens (it moves the whole slot, context_length cells of every layer)
+_MIN_SHARED = 16
 
 
 def _first_line(exc: BaseException) -> str:
@@ -106,6 +113,7 @@ class _Seq:
     step_from: int  # tokens[step_from:] are fed one per decode call
     reuse: bool  # may start from a slot that already holds the whole prompt
     on_rows: RowsFn
+    share: bool = False  # may start from a copy of this call's shared-prefix slot
     chunk: int = 0  # > 0: feed at most this many tokens past want_from per decode call
     slot: int = -1  # llama.cpp sequence id while admitted
     n_fed: int = 0  # leading tokens already in the slot's cache
@@ -200,6 +208,7 @@ class LlamaCppBackend:
         self._cached: list[list[int]] = [[] for _ in range(self.max_batch)]  # tokens per slot
         self._last_use = [0] * self.max_batch  # admission counter per slot (least recent first)
         self._uses = 0
+        self._shared_slot: int | None = None  # holds this call's shared prompt prefix
         self.tokens_fed = 0  # tokens decoded since load (what prompt reuse saves shows here)
         self.n_vocab = self.llm.n_vocab()
         self.n_embd = self.llm.n_embd()
@@ -245,6 +254,17 @@ class LlamaCppBackend:
                 common = _common_prefix(self._cached[s], seq.tokens)
                 if common >= seq.n_prompt and min(common, seq.want_from) > keep:
                     slot, keep = s, min(common, seq.want_from)  # rows wanted must be computed
+        src = self._shared_slot
+        if seq.share and src is not None:
+            common = min(_common_prefix(self._cached[src], seq.tokens), seq.want_from)
+            if common >= _MIN_SHARED:
+                if src in free:
+                    slot, keep = src, common
+                else:  # slots are separate buffers: copy the whole slot, keep the prefix
+                    slot = min((s for s in free if s != src), key=lambda s: self._last_use[s])
+                    llama_cpp.llama_memory_seq_cp(self._mem, src, slot, -1, -1)
+                    self._cached[slot] = list(self._cached[src])
+                    keep = common
         llama_cpp.llama_memory_seq_rm(self._mem, slot, keep, -1)
         del self._cached[slot][keep:]
         self._uses += 1
@@ -270,6 +290,30 @@ class LlamaCppBackend:
             plan.append((seq, count))
             room -= count
         return plan
+
+    def _share_prefix(self, seqs: Sequence[_Seq]) -> None:
+        """Prefill the prompt prefix all ``seqs`` share once, for them to copy (see the module
+        docstring); its time is split evenly among them."""
+        self._shared_slot = None
+        if len(seqs) < 2 or not self.stage.reuse_prompts:
+            return
+        first = seqs[0].tokens
+        n = min(min(_common_prefix(first, s.tokens), s.want_from) for s in seqs[1:])
+        if n < _MIN_SHARED:
+            return
+        warm = _Seq(first[:n], n, n, n, False, lambda *_: None)
+        self._run([warm])
+        self._shared_slot = warm.slot
+        for s in seqs:
+            s.share, s.seconds = True, s.seconds + warm.seconds / len(seqs)
+
+    def _run_sharing(self, seqs: Sequence[_Seq]) -> None:
+        """:meth:`_run` after :meth:`_share_prefix`; the shared slot is forgotten after."""
+        try:
+            self._share_prefix(seqs)
+            self._run(seqs)
+        finally:
+            self._shared_slot = None
 
     def _run(self, seqs: Sequence[_Seq]) -> None:
         """Decode ``seqs`` together until each has fed all its tokens or set ``done``."""
@@ -407,7 +451,10 @@ class LlamaCppBackend:
         if params.return_hidden:
             llama_cpp.llama_set_embeddings(self._ctx, True)
         try:
-            self._run(seqs)
+            if any(s.reuse for s in seqs):  # resume: prompts + prefixes come from the slots
+                self._run(seqs)
+            else:
+                self._run_sharing(seqs)
         finally:
             if params.return_hidden:
                 llama_cpp.llama_set_embeddings(self._ctx, False)
@@ -541,7 +588,7 @@ class LlamaCppBackend:
         for p in prompts:
             prompt = [int(t) for t in p]
             seqs.append(_Seq(prompt, len(prompt), len(prompt) - 1, len(prompt), False, reader))
-        self._run(seqs)
+        self._run_sharing(seqs)
         return [NextTokens(*found[id(s)], s.seconds) for s in seqs]
 
     def close(self) -> None:
