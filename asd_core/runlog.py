@@ -6,6 +6,11 @@ end and wall time, the peak resident memory of the notebook's kernel (sampled), 
 and, when ``nvidia-smi`` is present, GPU-hours and energy integrated from sampled power draw.
 Machines of one kind differ by up to 3× in decoding speed, so the log also gives each stage's
 measured prompt and decode rates (tokens/s, from notebook 01's cost model) beside the times.
+
+A long run killed part-way resumes where it stopped (notebook 02 keeps its shards). When the
+previous log in the folder is of an unfinished run of the same commit, parameters and profile,
+its notebooks are kept as ``earlier_attempts``, so the log of the run that finishes accounts
+for all its work.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -133,21 +138,59 @@ def stage_speeds(cost_model_csv: Path) -> list[dict[str, Any]]:
     ]
 
 
+def earlier_attempts(
+    previous: Mapping[str, Any] | None, env: Mapping[str, Any], profile: str
+) -> list[dict[str, Any]]:
+    """The notebooks of earlier attempts at this same run: ``previous`` (the folder's last log)
+    counts when it did not finish and has this clean commit, parameter digest and profile."""
+    if not previous or previous.get("complete", True) or env.get("git_dirty"):
+        return []
+    before = previous.get("environment", {})
+    same = previous.get("profile") == profile and all(
+        before.get(key) == env.get(key) for key in ("git_commit", "params_digest")
+    )
+    if not same:
+        return []
+    return [*previous.get("earlier_attempts", []), *previous.get("notebooks", [])]
+
+
+def _read_log(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: start a new account
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def write(
-    out_dir: Path, profile: str, params: Mapping[str, Any], usages: list[NotebookUsage]
+    out_dir: Path,
+    profile: str,
+    params: Mapping[str, Any],
+    usages: list[NotebookUsage],
+    planned: Sequence[str] | None = None,
 ) -> Path:
-    """Write ``run_log.json`` and ``run_log.md`` into ``out_dir``; returns the JSON path."""
+    """Write ``run_log.json`` and ``run_log.md`` into ``out_dir``; returns the JSON path.
+
+    ``planned``: the notebooks the run was asked for; it is ``complete`` when each of them
+    ran and succeeded (without ``planned``: when every notebook that ran succeeded).
+    """
     env = provenance(params, int(params.get("seed", 0)), command=f"run_all.sh {profile}")
     tables = repo_path(str(params.get("reports_dir", "reports"))) / "tables"
+    earlier = earlier_attempts(_read_log(out_dir / "run_log.json"), env, profile)
+    done = [u.notebook for u in usages if u.ok]
+    complete = all(u.ok for u in usages) if planned is None else done == list(planned)
     record = {
         "profile": profile,
         "environment": env,
         "stage_speeds": stage_speeds(tables / "cost_model.csv"),
         "params": dict(params),
         "notebooks": [asdict(u) for u in usages],
+        "complete": complete,
+        "earlier_attempts": earlier,
         "total_wall_s": sum(u.wall_s for u in usages),
         "total_cpu_hours": sum(u.cpu_hours for u in usages),
         "total_gpu_hours": sum(u.gpu_hours for u in usages),
+        "all_attempts_wall_s": sum(u.wall_s for u in usages) + sum(u["wall_s"] for u in earlier),
     }
     path = out_dir / "run_log.json"
     atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
@@ -170,13 +213,15 @@ def markdown(record: Mapping[str, Any]) -> str:
         f"- total wall time {record['total_wall_s'] / 60:.1f} min, "
         f"{record['total_cpu_hours']:.2f} CPU-hours, {record['total_gpu_hours']:.2f} GPU-hours",
         *_speed_lines(record.get("stage_speeds") or []),
+        *_attempt_lines(record),
         "",
         "| notebook | start (UTC) | wall | peak RSS GiB | CPU-hours | GPU-hours | GPU energy Wh | ok |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for u in record["notebooks"]:
+    rows = [(u, " (earlier attempt)") for u in record.get("earlier_attempts") or []]
+    for u, note in [*rows, *((u, "") for u in record["notebooks"])]:
         lines.append(
-            f"| {u['notebook']} | {u['started_utc']} | {u['wall_s'] / 60:.1f} min | "
+            f"| {u['notebook']}{note} | {u['started_utc']} | {u['wall_s'] / 60:.1f} min | "
             f"{u['peak_rss_gib']:.2f} | {u['cpu_hours']:.3f} | {u['gpu_hours']:.3f} | "
             f"{u['gpu_energy_wh']:.1f} | {'yes' if u['ok'] else 'FAILED'} |"
         )
@@ -196,3 +241,17 @@ def _speed_lines(speeds: list[Mapping[str, Any]]) -> list[str]:
         for s in speeds
     ]
     return ["- measured tok/s, one sequence, decode (prompt): " + ", ".join(parts)]
+
+
+def _attempt_lines(record: Mapping[str, Any]) -> list[str]:
+    earlier = record.get("earlier_attempts") or []
+    lines = (
+        [] if record.get("complete", True) else ["- **unfinished**: resume with the same command"]
+    )
+    if earlier:
+        lines.append(
+            f"- resumed: {len(earlier)} notebook run(s) of earlier attempts at this commit and "
+            f"these parameters, {sum(u['wall_s'] for u in earlier) / 60:.1f} min; all attempts "
+            f"together {record.get('all_attempts_wall_s', 0.0) / 60:.1f} min"
+        )
+    return lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -76,6 +77,10 @@ def run_notebook(
 
 
 @cli_entry
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m asd_core.runner", description=__doc__)
     parser.add_argument("--profile", required=True, help="params/<profile>.yaml is layered on base")
@@ -86,13 +91,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     merged, origin = config.merge_files(files)
     params = config.validate(merged, origin).model_dump(mode="json")
     usages: list[runlog.NotebookUsage] = []
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the log below still records what ran
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         for name in args.notebooks:
             with runlog.track(name) as usage:
                 usages.append(usage)
                 run_notebook(name, files, out_dir)
     finally:  # a failed run still logs what ran, up to the failure
-        log = runlog.write(out_dir, args.profile, params, usages)
+        log = runlog.write(out_dir, args.profile, params, usages, args.notebooks)
         print(f"[runner] run log: {log} and {log.with_suffix('.md')}", flush=True)
 
 

@@ -171,3 +171,35 @@ def test_run_log_states_each_stages_measured_speed(tmp_path: Path) -> None:
         "total_gpu_hours": 0.0,
     }
     assert "decode (prompt): s0 50 (prompt 200), s1 – (prompt 100)" in runlog.markdown(record)
+
+
+def test_a_resumed_run_keeps_the_earlier_attempts_of_the_same_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asd_core import runlog
+
+    env = {"git_commit": "abc", "git_dirty": False, "params_digest": "p1", "hardware": {}}
+    monkeypatch.setattr(runlog, "provenance", lambda *a, **k: dict(env))
+    params = {"seed": 0, "reports_dir": str(tmp_path / "reports")}
+
+    def usage(name: str, ok: bool, wall: float) -> runlog.NotebookUsage:
+        return runlog.NotebookUsage(name, "2026-12-01T00:00:00+00:00", ok=ok, wall_s=wall)
+
+    plan = ["01", "02", "03"]
+    runlog.write(tmp_path, "cpu", params, [usage("01", True, 60), usage("02", False, 600)], plan)
+    first = json.loads((tmp_path / "run_log.json").read_text())
+    assert first["complete"] is False and first["earlier_attempts"] == []
+    assert "unfinished" in (tmp_path / "run_log.md").read_text()
+    runlog.write(tmp_path, "cpu", params, [usage("02", True, 300), usage("03", True, 30)], plan[1:])
+    second = json.loads((tmp_path / "run_log.json").read_text())
+    assert second["complete"] is True
+    assert [u["notebook"] for u in second["earlier_attempts"]] == ["01", "02"]
+    assert second["all_attempts_wall_s"] == 990 and second["total_wall_s"] == 330
+    page = (tmp_path / "run_log.md").read_text()
+    assert "02 (earlier attempt)" in page and "all attempts together 16.5 min" in page
+    # a finished run is not carried into the next one, nor a run of another commit
+    runlog.write(tmp_path, "cpu", params, [usage("01", False, 5)], plan)
+    assert json.loads((tmp_path / "run_log.json").read_text())["earlier_attempts"] == []
+    env["git_commit"] = "def"
+    runlog.write(tmp_path, "cpu", params, [usage("01", True, 5)], ["01"])
+    assert json.loads((tmp_path / "run_log.json").read_text())["earlier_attempts"] == []

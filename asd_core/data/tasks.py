@@ -63,6 +63,15 @@ class TaskSpec:
 
 
 LETTERS = ("A", "B", "C", "D")
+# how each task's answers are compared (asd_core.eval.metrics) and which prompt pools can stand
+# in for its inputs (asd_core.data.pools)
+TASK_FAMILIES = {
+    "mmlu": "choice",
+    "asdiv": "number",
+    "gsm8k": "number",
+    "humaneval": "code",
+    "truthfulqa": "text",
+}
 
 
 def _text(value: Any) -> str:

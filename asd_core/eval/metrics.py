@@ -57,6 +57,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from asd_core.data.tasks import TASK_FAMILIES
 from asd_core.errors import AsdError
 from asd_core.eval import judge
 from asd_core.eval.sandbox import SOCKET_GUARD, SandboxLimits, SandboxResult, run_python
@@ -68,13 +69,6 @@ TRUTHFUL_ROUGE_L = 0.5  # a TruthfulQA answer with no incorrect references to co
 TEXT_AGREEMENT = 0.5  # free-text answers agree when their ROUGE-L F1 reaches this, until a
 # threshold is fitted on the calibration split (fit_agreement_threshold)
 NUMBER_REL_TOL = 1e-6  # relative tolerance when comparing numeric answers
-TASK_FAMILIES = {
-    "mmlu": "choice",
-    "asdiv": "number",
-    "gsm8k": "number",
-    "humaneval": "code",
-    "truthfulqa": "text",
-}
 
 
 class MetricsError(AsdError):
