@@ -1,16 +1,17 @@
-"""The learned policy: predictor → risk adjustment → belief bin → DP table (DESIGN §5–§7).
+"""The learned policy: predictor → risk adjustment → belief state → DP table (DESIGN §5–§7).
 
-:func:`fit_policy_model` turns a trained :class:`~asd_core.predictor.QualityPredictor` and the
-predictor-train split of the generations dataset into everything the solver needs: per-stage
-prior acceptance rates μ_k, belief transitions between every pair of stages (and from the
-entry head), bin values p̄ and the measured cost matrix. :class:`AdaptivePolicy` then makes the
-pipeline's two decisions for one λ by table lookup; :func:`belief_table` gives the same
-beliefs for a whole generations frame, so replay (``asd_core.eval.replay``) and the online
-pipeline decide from the same numbers.
+:func:`fit_policy_model` turns a trained :class:`~asd_core.predictor.QualityPredictor` into
+everything the solver needs. Honest beliefs: the belief states, their values and how they move
+are counted on *held-out* inputs (the calibration split: rows the ensemble never trained on),
+with exactly the features each decision has — after an entry, a skip or a restart the
+verification feature is blank (view ``DIRECT``), after a sequential step it is present
+(``SEQUENTIAL``). Costs come from the same inputs; continuing a draft is costed per belief bin.
 
-One convention matters for skips: the verification feature of stage k (the fraction of y_{k−1}
-that M_k accepted) exists only when stage k−1 ran right before k. After an entry at k or a
-skip into k it is missing (NaN, with its indicator off), both online and in replay.
+:class:`AdaptivePolicy` makes the pipeline's decisions for one λ: the entry compares, per
+stage, what entering there did for the most similar held-out inputs (by the input-only head's
+predictions for every stage), then each step is a table lookup. It reads predictions through
+an *observer*: :class:`LiveObserver` computes them from live outputs (the online pipeline),
+:class:`CachedObserver` looks them up (replay), so both drive the same policy object.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,14 +33,12 @@ from asd_core.errors import AsdError
 from asd_core.features import VERIFICATION_NAMES, StageView, previous_acceptance
 from asd_core.models.base import VERIFY_BLOCK
 from asd_core.models.common import chat_prompt_ids
+from asd_core.policies import Move, PathLike, RequestLike, view_of
 from asd_core.predictor import LABEL_COLUMNS, QualityPredictor, entry_features
 
 # seconds as measured in data generation, seconds predicted by the cost model fitted on
 # single-sequence runs (notebook 01; see with_model_costs), or a deterministic size × tokens proxy
 CostSource = Literal["measured", "model", "flops"]
-
-if TYPE_CHECKING:
-    from asd_core.pipeline import Request, StageRun, Trace
 
 
 @dataclass(frozen=True)
@@ -53,23 +52,27 @@ class RiskSettings:
 
 @dataclass
 class PolicyModel:
-    """Everything a DP policy needs, estimated on the predictor-train split."""
+    """Everything a DP policy needs: the predictor and what was counted on held-out inputs."""
 
     predictor: QualityPredictor  # calibrated ensemble + input-only head
     risk: RiskSettings  # shrinkage applied to every prediction
     prior: np.ndarray  # (K,) μ_k, base acceptance rate of each stage on the training split
-    n_bins: int  # B, belief bins
-    transitions: stopping.Transitions  # belief moves entry→j and k→j for every j > k
-    pbar: np.ndarray  # (K, B) mean adjusted belief of the training inputs in each bin
-    costs: np.ndarray  # (K+1, K) normalised costs: row 0 from scratch, row k+1 escalating from k
-    scratch_s: np.ndarray  # (K,) mean seconds of each stage from scratch (training split)
-    escalate_s: np.ndarray  # (K, K) mean seconds to escalate k → j (verify + continue), j > k
+    beliefs: stopping.BeliefModel  # bins, bin values and moves (held-out inputs)
+    costs: stopping.Costs  # normalised move costs (held-out inputs)
+    held_out: stopping.HeldOut  # the held-out inputs the entry is decided from
+    scratch_s: np.ndarray  # (K,) mean seconds of each stage from scratch (held-out inputs)
+    escalate_s: np.ndarray  # (K, K) mean seconds to continue k → j (verify + decode), j > k
+    neighbours: int = 25  # held-out inputs the entry compares an input with
     input_costs: InputCostModel | None = None  # for cost_mode "per_input"
     info: dict[str, Any] = field(default_factory=dict)  # sizes, for reports
 
     @property
     def n_stages(self) -> int:
         return len(self.prior)
+
+    @property
+    def n_bins(self) -> int:
+        return self.beliefs.n_bins
 
 
 # -- measured costs ------------------------------------------------------------------------------
@@ -336,6 +339,13 @@ class InputCostModel:
                 c[k + 1, j] = v + w * (n_in + out[k]) + d * todo
         return np.maximum(c, 1e-9) / self.norm
 
+    def costs(self, task: str, n_in: float, known: dict[int, float], n_bins: int) -> stopping.Costs:
+        """:meth:`matrix` as the solver's :class:`~asd_core.stopping.Costs` (flat over beliefs)."""
+        c = self.matrix(task, n_in, known)
+        K = len(c) - 1
+        resume = np.where(np.triu(np.ones((K, K), bool), 1), c[1:], np.nan)
+        return stopping.Costs(c[0], np.broadcast_to(resume[:, None, :, None], (K, 2, K, n_bins)))
+
 
 def fit_input_costs(
     df: pd.DataFrame, n_stages: int, source: CostSource, sizes: Sequence[float]
@@ -376,7 +386,7 @@ def fit_input_costs(
     )
 
 
-# -- beliefs -------------------------------------------------------------------------------------
+# -- predictions and beliefs --------------------------------------------------------------------
 def adjusted(
     prior: np.ndarray, risk: RiskSettings, mean: np.ndarray, var: np.ndarray, stage: np.ndarray
 ) -> np.ndarray:
@@ -388,6 +398,41 @@ def adjusted(
         risk.alpha,
         risk.beta,
         risk.n_max,
+    )
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The predictor's outputs for N inputs on which every stage ran, items sorted by id."""
+
+    item_ids: list[str]  # (N,)
+    mean: np.ndarray  # (2, N, K) calibrated P(accept) after each stage, per view (DIRECT, SEQ)
+    var: np.ndarray  # (2, N, K) ensemble variance of ``mean``
+    head: np.ndarray  # (N, K) the input-only head's P(accept_k) before anything runs
+    head_var: np.ndarray  # (N, K) its variance
+
+    def beliefs(self, prior: np.ndarray, risk: RiskSettings) -> np.ndarray:
+        """(2, N, K) risk-adjusted beliefs p̃ per view."""
+        stages = np.broadcast_to(np.arange(self.mean.shape[2]), self.mean.shape)
+        return adjusted(prior, risk, self.mean, self.var, stages)
+
+
+def predictions(predictor: QualityPredictor, df: pd.DataFrame, n_stages: int) -> Predictions:
+    """:class:`Predictions` of a generations frame: both views of every output, and the head."""
+    df = _by_item(df, n_stages)
+    X = predictor.features.extract_frame(df)
+    stages = df["stage"].to_numpy(np.int64)
+    sequential = predictor.predict(X, stages)
+    cols = [predictor.features.names.index(n) for n in VERIFICATION_NAMES]
+    X[:, cols] = previous_acceptance(1, math.nan)  # as a stage entered directly sees it
+    direct = predictor.predict(X, stages)
+    head, head_var = entry_predictions(predictor, df, n_stages)
+    return Predictions(
+        item_ids=item_ids(df),
+        mean=np.stack([direct[0], sequential[0]]).reshape(2, -1, n_stages),
+        var=np.stack([direct[1], sequential[1]]).reshape(2, -1, n_stages),
+        head=head,
+        head_var=head_var,
     )
 
 
@@ -404,62 +449,8 @@ def belief_table(
     ``with_previous`` False blanks the verification feature (the stage was entered directly or
     by a skip, so it never verified y_{k−1}).
     """
-    X, stages = _row_features(predictor, df, n_stages)
-    if not with_previous:
-        _blank_verification(predictor, X)
-    return _believe(predictor, prior, risk, X, stages, n_stages)
-
-
-def belief_tables(
-    predictor: QualityPredictor,
-    prior: np.ndarray,
-    risk: RiskSettings,
-    df: pd.DataFrame,
-    n_stages: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`belief_table` with and without the verification feature, extracting features once."""
-    X, stages = _row_features(predictor, df, n_stages)
-    sequential = _believe(predictor, prior, risk, X, stages, n_stages)
-    _blank_verification(predictor, X)
-    return sequential, _believe(predictor, prior, risk, X, stages, n_stages)
-
-
-def _row_features(
-    predictor: QualityPredictor, df: pd.DataFrame, n_stages: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N·K, F) features and (N·K,) stages of every row, items sorted."""
-    df = _by_item(df, n_stages)
-    return predictor.features.extract_frame(df), df["stage"].to_numpy(np.int64)
-
-
-def _blank_verification(predictor: QualityPredictor, X: np.ndarray) -> None:
-    """Rewrite the verification group in place as :func:`previous_acceptance` has it when missing."""
-    cols = [predictor.features.names.index(n) for n in VERIFICATION_NAMES]
-    X[:, cols] = previous_acceptance(1, math.nan)
-
-
-def _believe(
-    predictor: QualityPredictor,
-    prior: np.ndarray,
-    risk: RiskSettings,
-    X: np.ndarray,
-    stages: np.ndarray,
-    n_stages: int,
-) -> np.ndarray:
-    mean, var = predictor.predict(X, stages)
-    return adjusted(prior, risk, mean, var, stages).reshape(-1, n_stages)
-
-
-def entry_beliefs(
-    predictor: QualityPredictor,
-    prior: np.ndarray,
-    risk: RiskSettings,
-    df: pd.DataFrame,
-    n_stages: int,
-) -> np.ndarray:
-    """(N,) adjusted entry belief of every input (input-only head, stage-0 acceptance)."""
-    mean, var = entry_predictions(predictor, df, n_stages)
-    return adjusted(prior, risk, mean[:, 0], var[:, 0], np.zeros(len(mean), dtype=np.int64))
+    view = stopping.SEQUENTIAL if with_previous else stopping.DIRECT
+    return predictions(predictor, df, n_stages).beliefs(prior, risk)[view]
 
 
 def entry_predictions(
@@ -477,82 +468,160 @@ def entry_predictions(
     return predictor.predict_inputs(X[first])
 
 
+# -- fitting the policy --------------------------------------------------------------------------
 def fit_policy_model(
     predictor: QualityPredictor,
     train_df: pd.DataFrame,
+    held_df: pd.DataFrame,
     risk: RiskSettings,
-    n_bins: int = 20,
+    n_bins: int = 10,
     smoothing: float = 1.0,
     cost_source: CostSource = "measured",
     sizes: Sequence[float] = (),
+    neighbours: int = 25,
+    held: Predictions | None = None,
 ) -> PolicyModel:
-    """Estimate priors, transitions, bin values and costs on the predictor-train split."""
+    """Priors from the training split; beliefs, costs and the entry's data from held-out rows.
+
+    Args:
+        predictor: trained on ``train_df`` (never on ``held_df``).
+        train_df: the predictor's training rows (base rates μ_k, per-input cost fit).
+        held_df: held-out rows on which every stage ran (the calibration split).
+        held: ``predictions(predictor, held_df, K)`` when already computed.
+    """
     K = predictor.features.n_stages
-    df = _by_item(train_df, K)
+    train = _by_item(train_df, K)
     label = LABEL_COLUMNS[predictor.label_mode]
-    prior = df.groupby("stage")[label].mean().reindex(range(K)).to_numpy(float)
+    prior = train.groupby("stage")[label].mean().reindex(range(K)).to_numpy(float)
     prior = np.clip(np.nan_to_num(prior, nan=0.5), 0.0, 1.0)
-    beliefs = belief_table(predictor, prior, risk, df, K)
-    entry = entry_beliefs(predictor, prior, risk, df, K)
-    transitions = stopping.estimate_transitions(
-        stopping.belief_bins(beliefs, n_bins),
-        stopping.belief_bins(entry, n_bins),
-        n_bins,
-        smoothing,
+    df = _by_item(held_df, K)
+    pred = held if held is not None else predictions(predictor, df, K)
+    p_tilde = pred.beliefs(prior, risk)
+    labels = _per_input(df, label, K)
+    beliefs = stopping.estimate_beliefs(
+        p_tilde[stopping.SEQUENTIAL], p_tilde[stopping.DIRECT], labels, n_bins, smoothing
     )
+    bins = np.stack([beliefs.bins(p_tilde[v], v) for v in range(stopping.N_VIEWS)])
     scratch, esc = per_input_costs(df, K, cost_source, sizes)
+    costs = stopping.estimate_costs(scratch, esc, list(bins), n_bins, smoothing)
+    unit = float(scratch[:, -1].mean())
     upper = np.triu(np.ones((K, K), bool), 1)  # only moves to deeper stages exist
     escalate_s = np.zeros((K, K))
     escalate_s[upper] = esc[:, upper].mean(axis=0)
-    scratch_s = scratch.mean(axis=0)
     return PolicyModel(
         predictor=predictor,
         risk=risk,
         prior=prior,
-        n_bins=n_bins,
-        transitions=transitions,
-        pbar=stopping.bin_values(beliefs, n_bins),
-        costs=stopping.cost_matrix(scratch_s, escalate_s),
-        scratch_s=scratch_s,
+        beliefs=beliefs,
+        costs=costs,
+        held_out=stopping.HeldOut(pred.head, bins, labels, scratch / unit, esc / unit),
+        scratch_s=scratch.mean(axis=0),
         escalate_s=escalate_s,
-        input_costs=fit_input_costs(df, K, cost_source, sizes),
-        info={"train_inputs": len(df) // K},
+        neighbours=neighbours,
+        input_costs=fit_input_costs(train, K, cost_source, sizes),
+        info={"train_inputs": len(train) // K, "held_out_inputs": len(df) // K},
     )
 
 
-def size_based_costs(sizes: Sequence[float]) -> np.ndarray:
-    """(K+1, K) costs proportional to model size, no reuse (the constant-cost ablation)."""
+def size_based_costs(sizes: Sequence[float], n_bins: int) -> stopping.Costs:
+    """Costs proportional to model size, no reuse of drafts (the constant-cost ablation)."""
     s = np.asarray(sizes, float)
-    return stopping.cost_matrix(s, np.tile(s, (len(s), 1)))
+    return stopping.flat_costs(s, np.tile(s, (len(s), 1)), n_bins)
+
+
+# -- observers: where a policy's predictions come from ------------------------------------------
+class Observer(Protocol):
+    """What a learned policy can know about its inputs, online or in replay."""
+
+    def head(self, requests: Sequence[RequestLike]) -> np.ndarray:
+        """(N, K) the input-only head's P(accept_k) for each request."""
+        ...
+
+    def after(self, stage: int, paths: Sequence[PathLike]) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) calibrated P(accept) of each path's current output and (N,) its variance, with
+        the features its view allows."""
+        ...
+
+    def lengths(self, path: PathLike) -> tuple[float, dict[int, float]]:
+        """Prompt tokens (as the entry stage counts them) and output tokens of the stages that
+        ran: what a per-input cost model reads."""
+        ...
+
+
+class LiveObserver:
+    """Predictions from live outputs: features of the prompt and of the generation just made."""
+
+    def __init__(self, predictor: QualityPredictor, entry_tokenizer: Any):
+        self.predictor = predictor
+        self.entry_tokenizer = entry_tokenizer  # stage input_stage's tokenizer
+        self.n_in: dict[str, int] = {}  # prompt tokens per input, as the entry stage counts them
+
+    def head(self, requests: Sequence[RequestLike]) -> np.ndarray:
+        rows = []
+        for r in requests:
+            ids = chat_prompt_ids(self.entry_tokenizer, r.text)
+            self.n_in[r.item_id] = len(ids)
+            rows.append(self.predictor.predict_entry(ids, r.task)[0])
+        return np.asarray(rows, dtype=float).reshape(len(requests), -1)
+
+    def after(self, stage: int, paths: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``paths`` are the pipeline's traces: their last run holds the live generation."""
+        means, variances = [], []
+        for t in paths:
+            run = t.runs[-1]
+            sequential = view_of(run) == stopping.SEQUENTIAL
+            prev = run.accepted_fraction if sequential else math.nan
+            view = StageView.from_generation(run.generation, stage, t.request.task, prev)
+            mean, var = self.predictor.predict_view(view)
+            means.append(mean)
+            variances.append(var)
+        return np.asarray(means, dtype=float), np.asarray(variances, dtype=float)
+
+    def lengths(self, path: Any) -> tuple[float, dict[int, float]]:
+        known = {r.stage: float(r.generation.n_out) for r in path.runs}
+        item = path.request.item_id
+        return float(self.n_in.get(item, len(path.runs[0].prompt_ids))), known
+
+
+class CachedObserver:
+    """Predictions looked up from a :class:`Predictions` of cached generations (replay)."""
+
+    def __init__(
+        self, cached: Predictions, n_in: np.ndarray | None = None, n_out: np.ndarray | None = None
+    ):
+        self.cached = cached
+        self.index = {item: i for i, item in enumerate(cached.item_ids)}
+        n = len(cached.item_ids)
+        self.n_in = np.zeros(n) if n_in is None else np.asarray(n_in, float)  # (N,) entry stage
+        self.n_out = np.zeros(cached.head.shape) if n_out is None else np.asarray(n_out, float)
+
+    def _rows(self, items: Iterable[str]) -> np.ndarray:
+        return np.fromiter((self.index[i] for i in items), dtype=np.intp)
+
+    def head(self, requests: Sequence[RequestLike]) -> np.ndarray:
+        return self.cached.head[self._rows(r.item_id for r in requests)]
+
+    def after(self, stage: int, paths: Sequence[PathLike]) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._rows(t.request.item_id for t in paths)
+        views = np.fromiter((view_of(t.runs[-1]) for t in paths), dtype=np.intp)
+        return self.cached.mean[views, rows, stage], self.cached.var[views, rows, stage]
+
+    def lengths(self, path: PathLike) -> tuple[float, dict[int, float]]:
+        i = self.index[path.request.item_id]
+        return float(self.n_in[i]), {r.stage: float(self.n_out[i, r.stage]) for r in path.runs}
 
 
 # -- the policy ----------------------------------------------------------------------------------
-def belief_bin_one(model: PolicyModel, stage: int, mean: float, var: float) -> int:
-    """The belief bin of one prediction: :func:`adjusted` then ``floor(p̃·B)``, for scalars.
-
-    The hot path of an online decision; it takes numpy's per-call overhead out of the scalar
-    case and is tested equal to the vectorised functions the replay uses.
-    """
-    r = model.risk
-    m = min(max(mean, 0.0), 1.0)
-    if r.beta == 0.5:  # posterior mean, closed form (DESIGN §6)
-        n = r.n_max if var <= 0.0 else min(max(m * (1.0 - m) / var - 1.0, 1.0), r.n_max)
-        p = m + r.alpha * (float(model.prior[stage]) - m) / (n + r.alpha) if r.alpha else m
-    else:
-        p = float(adjusted(model.prior, r, np.array([m]), np.array([var]), np.array([stage]))[0])
-    return min(int(p * model.n_bins), model.n_bins - 1)
-
-
 class AdaptivePolicy:
-    """Route, then cascade: the DP policy for one λ, plugged into the pipeline."""
+    """Route, then cascade: the DP policy for one λ, for the pipeline and for replay alike."""
 
     def __init__(
         self,
         model: PolicyModel,
         lam: float,
-        entry_tokenizer: Any,
+        observer: Observer,
         rule: stopping.Rule = stopping.DP,
-        costs: np.ndarray | None = None,
+        costs: stopping.Costs | None = None,
         name: str | None = None,
         cost_mode: Literal["table", "per_input"] = "table",
     ):
@@ -562,51 +631,47 @@ class AdaptivePolicy:
         self.lam = lam
         self.rule = rule
         self.cost_mode = cost_mode
-        self.entry_tokenizer = entry_tokenizer  # stage input_stage's tokenizer (entry features)
+        self.observer = observer
+        self.costs = model.costs if costs is None else costs
         self.table = stopping.solve(
-            model.transitions,
-            model.pbar,
-            model.costs if costs is None else costs,
-            lam,
-            rule=rule,
-            final_is_reference=True,
+            model.beliefs, self.costs, lam, rule=rule, final_is_reference=True
         )
         self.name = name or f"dp_lam{lam:g}"
-        self._n_in: dict[str, int] = {}  # prompt tokens per input, as the entry stage counts them
-
-    def entry(self, requests: Sequence[Request]) -> list[int]:
-        out = []
-        pred = self.model.predictor
-        for r in requests:
-            ids = chat_prompt_ids(self.entry_tokenizer, r.text)
-            mean, var = pred.predict_entry(ids, r.task)
-            self._n_in[r.item_id] = len(ids)
-            b = belief_bin_one(self.model, 0, float(mean[0]), float(var[0]))
-            out.append(self._decide(stopping.ENTRY, b, r, ()))
-        return out
-
-    def _decide(self, stage: int, b: int, request: Request, runs: Sequence[StageRun]) -> int:
-        """Table lookup, or (per_input) a re-solve with this input's predicted costs."""
-        if self.cost_mode == "table":
-            return int(self.table.action[stage + 1, b])
-        known = {r.stage: float(r.generation.n_out) for r in runs}
-        n_in = self._n_in.get(request.item_id, len(runs[0].prompt_ids) if runs else 0)
-        return per_input_decision(
-            self.model, self.lam, self.rule, stage, b, request.task, n_in, known
+        # what entering each stage did for each held-out input, under this table; a myopic rule
+        # chooses its entry by stopping right after it
+        self.entry_cost, self.entry_loss = stopping.entry_outcomes(
+            self.table, model.held_out, follow=not rule.myopic
         )
 
-    def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
-        out: list[int | None] = []
-        pred = self.model.predictor
-        for t in traces:
-            run = t.runs[-1]
-            prev = run.accepted_fraction if run.from_stage == stage - 1 else math.nan
-            view = StageView.from_generation(run.generation, stage, t.request.task, prev)
-            mean, var = pred.predict_view(view)
-            action = self._decide(
-                stage, belief_bin_one(self.model, stage, mean, var), t.request, t.runs
-            )
-            out.append(None if action == stopping.STOP else action)
+    def entry(self, requests: Sequence[RequestLike]) -> list[int]:
+        if not requests:
+            return []
+        head = self.observer.head(requests)
+        near = stopping.nearest(self.model.held_out.head, head, self.model.neighbours)
+        values = stopping.entry_values(
+            self.entry_cost, self.entry_loss, self.lam, near, route=self.rule.route
+        )
+        return stopping.decide_entries(values).tolist()
+
+    def next_stage(self, stage: int, paths: Sequence[PathLike]) -> list[Move | None]:
+        if not paths:
+            return []
+        mean, var = self.observer.after(stage, paths)
+        p = adjusted(self.model.prior, self.model.risk, mean, var, np.full(len(mean), stage))
+        out: list[Move | None] = []
+        for t, p_tilde in zip(paths, p.tolist(), strict=True):
+            view = view_of(t.runs[-1])
+            b = self.model.beliefs.bin_of(stage, view, p_tilde)
+            if self.cost_mode == "table":
+                d = stopping.Decision(
+                    int(self.table.action[stage, view, b]), bool(self.table.restart[stage, view, b])
+                )
+            else:
+                n_in, known = self.observer.lengths(t)
+                d = per_input_decision(
+                    self.model, self.lam, self.rule, stage, view, b, t.request.task, n_in, known
+                )
+            out.append(None if d.stage == stopping.STOP else d)
         return out
 
 
@@ -615,17 +680,19 @@ def per_input_decision(
     lam: float,
     rule: stopping.Rule,
     stage: int,
+    view: int,
     belief: int,
     task: str,
     n_in: float,
     known: dict[int, float],
-) -> int:
-    """The DP decision with this input's own cost matrix (re-solved from ``stage`` on)."""
+) -> stopping.Decision:
+    """The DP decision with this input's own costs (re-solved from ``stage`` on).
+
+    ``known`` holds the output lengths of the stages that ran; the others are predicted per task.
+    """
     assert model.input_costs is not None
-    costs = model.input_costs.matrix(task, n_in, known)
-    return stopping.decide_per_input(
-        model.transitions, model.pbar, costs, lam, stage, belief, rule=rule
-    )
+    costs = model.input_costs.costs(task, n_in, known, model.n_bins)
+    return stopping.decide_per_input(model.beliefs, costs, lam, stage, view, belief, rule=rule)
 
 
 def decision_overhead(
@@ -636,18 +703,21 @@ def decision_overhead(
     Times the exact per-output path the pipeline takes after a stage (from a generations row
     instead of a live Generation), over every row of ``df``, best of ``repeats`` passes.
     """
-    table = stopping.solve(model.transitions, model.pbar, model.costs, lam)
+    table = stopping.solve(model.beliefs, model.costs, lam)
     views = [StageView.from_row(r) for r in df.to_dict("records")]
     pred, feats = model.predictor, model.predictor.features
     parts: dict[str, list[float]] = {"features": [], "predictor": [], "adjust_and_lookup": []}
     for _ in range(repeats):
         for v in views:
+            view = stopping.SEQUENTIAL if math.isfinite(v.accepted_frac_prev) else stopping.DIRECT
             t0 = time.perf_counter()
             x = feats.extract(v)
             t1 = time.perf_counter()
             mean, var = pred.predict(x[None], np.array([v.stage]))
             t2 = time.perf_counter()
-            int(table.action[v.stage + 1, belief_bin_one(model, v.stage, mean[0], var[0])])
+            p = adjusted(model.prior, model.risk, mean, var, np.array([v.stage]))
+            b = model.beliefs.bin_of(v.stage, view, float(p[0]))
+            int(table.action[v.stage, view, b])
             t3 = time.perf_counter()
             parts["features"].append((t1 - t0) * 1e6)
             parts["predictor"].append((t2 - t1) * 1e6)
@@ -659,20 +729,37 @@ def decision_overhead(
 
 
 def cost_table(model: PolicyModel, stage_names: Sequence[str]) -> pd.DataFrame:
-    """The solver's cost matrix as a table: one row per origin (scratch or a stage), seconds too."""
+    """Mean costs of every move, seconds and relative to the deepest stage alone.
+
+    Continuing is shown as its mean over belief bins weighted by the held-out inputs in them,
+    beside restarting (running the deeper stage from scratch), so the two can be compared.
+    """
     K = model.n_stages
+    unit = float(model.scratch_s[-1]) / float(model.costs.scratch[-1])
+    counts = np.asarray(model.beliefs.counts)
     rows = []
-    for r in range(K + 1):
-        origin = "from scratch" if r == 0 else f"escalate from {stage_names[r - 1]}"
-        for j in range(K):
-            if r == 0 or j > r - 1:
-                secs = model.scratch_s[j] if r == 0 else model.escalate_s[r - 1, j]
+    for j in range(K):
+        rows.append(
+            {
+                "origin": "from scratch",
+                "to": stage_names[j],
+                "move": "scratch",
+                "seconds": float(model.scratch_s[j]),
+                "cost_rel": float(model.costs.scratch[j]),
+            }
+        )
+    for k in range(K):
+        for j in range(k + 1, K):
+            w = counts[k, stopping.DIRECT] / max(counts[k, stopping.DIRECT].sum(), 1)
+            resume = float(model.costs.resume[k, stopping.DIRECT, j] @ w)
+            for move, rel in (("continue", resume), ("restart", float(model.costs.scratch[j]))):
                 rows.append(
                     {
-                        "origin": origin,
+                        "origin": f"escalate from {stage_names[k]}",
                         "to": stage_names[j],
-                        "seconds": float(secs),
-                        "cost_rel": float(model.costs[r, j]),
+                        "move": move,
+                        "seconds": rel * unit,
+                        "cost_rel": rel,
                     }
                 )
     return pd.DataFrame(rows)

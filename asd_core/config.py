@@ -136,8 +136,11 @@ class Params(BaseModel):
     risk_alpha: Annotated[float, Field(ge=0)] = 10.0  # prior strength, pseudo-observations
     risk_beta: Annotated[float, Field(gt=0, le=0.5)] = 0.5  # 0.5: posterior mean; lower: quantile
     risk_n_max: Annotated[float, Field(ge=1)] = 1000.0  # cap on the effective sample size
-    belief_bins: PositiveInt = 20  # belief bins B of the DP
-    transition_smoothing: PositiveFloat = 1.0  # pseudo-count per transition cell
+    belief_bins: PositiveInt = 10  # most belief bins per (stage, view), cut at quantiles
+    # pseudo-inputs pulling a sparse bin's value, moves and costs to what is known overall
+    belief_smoothing: Annotated[float, Field(ge=0)] = 1.0
+    entry_neighbours: PositiveInt = 25  # held-out inputs the entry decision compares with
+    dense_lambdas: Annotated[int, Field(ge=0)] = 30  # λ on the DP curves at least (0: lambdas)
     cost_mode: Literal["table", "per_input"] = "table"  # solved table, or re-solve per input
     # what replay and the solver count as cost: seconds measured in data generation, seconds the
     # cost model of notebook 01 predicts for one sequence alone ("model": for batched generation),
@@ -148,10 +151,8 @@ class Params(BaseModel):
     # cross-fitting: items dealt into folds by a stable hash; each fold is evaluated by methods
     # fitted on the others
     eval_folds: Annotated[int, Field(ge=2)] = 5
-    online_lambdas: Annotated[list[PositiveFloat], Field(min_length=1)] = [
-        1.0,
-        10.0,
-    ]  # confirmed online
+    # λ confirmed online, picked where the replayed policy takes two paths and escalates
+    online_lambda_count: Annotated[int, Field(ge=0)] = 2
     online_inputs: Annotated[int, Field(ge=0)] = 40  # test inputs run online per λ (0 = skip)
     # -- analysis (notebook 05) --
     analysis_bootstrap_resamples: PositiveInt = 1000  # bootstrap resamples per CI

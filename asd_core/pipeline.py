@@ -1,12 +1,12 @@
 """The online pipeline (DESIGN §8): route, then cascade, in batches, with a per-input trace.
 
 A :class:`~asd_core.policies.Policy` picks each input's starting stage (the entry decision) and,
-after every stage, whether to stop or jump to a deeper one. Inputs are grouped by the stage they
+after every stage, whether to stop or move to a deeper one. Inputs are grouped by the stage they
 are at; each stage runs once on its group (per task, since tasks differ in generation settings)
-and only the inputs that escalate join the group of the stage they jump to. A stage that has
-a draft for an input verifies the latest one and writes the rest itself (``verify.escalate``),
-so the output at any depth is what that stage alone would have written; without a draft it
-generates from scratch. A multiple-choice request (``GenerationParams.options``) is answered by
+and only the inputs that escalate join the group of the stage they move to. A move either
+continues — the deeper stage verifies the latest draft and writes the rest itself
+(``verify.escalate``) — or restarts, generating from scratch; either way the output at any depth
+is what that stage alone would have written. A multiple-choice request (``GenerationParams.options``) is answered by
 each stage's own choice pass (``asd_core.choice``), which also verifies the previous choice.
 """
 
@@ -25,6 +25,8 @@ from asd_core.choice import choice_verdict, respond
 from asd_core.errors import AsdError
 from asd_core.models.base import Backend, Generation, GenerationParams
 from asd_core.models.common import chat_prompt_ids
+from asd_core.policies import Move
+from asd_core.stopping import Decision
 from asd_core.verify import draft_from_generation, escalate, tokenizer_key
 
 Clock = Callable[[], float]
@@ -47,7 +49,8 @@ class StageRun:
     stage: int  # stage index, 0 = cheapest
     prompt_ids: list[int]  # the stage's tokenised chat prompt
     generation: Generation  # the stage's full greedy output (accepted prefix included)
-    from_stage: int | None  # stage whose draft was verified; None = generated from scratch
+    from_stage: int | None  # stage whose draft was verified; None = generated from scratch (an
+    # entry or a restart)
     n_draft: int  # draft length in this stage's tokens (0 from scratch)
     n_accepted: int  # draft tokens this stage accepted
     accepted_fraction: float  # n_accepted / n_draft; NaN when nothing was verified
@@ -169,12 +172,12 @@ class Pipeline:
             )
         return ids
 
-    def _next(self, stage: int, choice: int | None, item_id: str) -> int | None:
+    def _next(self, stage: int, choice: Move | None, item_id: str) -> Move | None:
         if choice is None:
             return None
-        if not stage < choice < self.n_stages:
+        if not isinstance(choice, Decision) or not stage < choice.stage < self.n_stages:
             raise AsdError(
-                f"policy sent input '{item_id}' from stage {stage} to stage {choice}; "
+                f"policy sent input '{item_id}' from stage {stage} to {choice!r}; "
                 f"it must go deeper, to one of {stage + 1}..{self.n_stages - 1}"
             )
         return choice
@@ -191,6 +194,7 @@ class Pipeline:
             raise AsdError(f"policy '{policy.name}': {len(entries)} entry stages for {n} inputs")
         traces = []
         at: dict[int, list[int]] = defaultdict(list)
+        fresh: set[int] = set()  # inputs whose next stage restarts instead of continuing
         for i, (req, s) in enumerate(zip(requests, entries, strict=True)):
             if not 0 <= s < self.n_stages:
                 raise AsdError(
@@ -211,7 +215,7 @@ class Pipeline:
             ) as bar:
                 for c in range(0, len(idx), self.batch_size):
                     chunk = idx[c : c + self.batch_size]
-                    self._run_stage(stage, [traces[i] for i in chunk])
+                    self._run_stage(stage, [traces[i] for i in chunk], [i in fresh for i in chunk])
                     bar.update(len(chunk))
             start = self.clock()
             choices = list(policy.next_stage(stage, [traces[i] for i in idx]))
@@ -223,21 +227,25 @@ class Pipeline:
             for i, c in zip(idx, choices, strict=True):
                 traces[i].decision_s += share
                 nxt = self._next(stage, c, requests[i].item_id)
+                fresh.discard(i)
                 if nxt is not None:
-                    at[nxt].append(i)
+                    at[nxt.stage].append(i)
+                    if nxt.restart:
+                        fresh.add(i)
         return traces
 
-    def _run_stage(self, stage: int, traces: Sequence[Trace]) -> None:
-        """Run ``stage`` on its batch: verify + continue where a draft exists, else generate."""
+    def _run_stage(self, stage: int, traces: Sequence[Trace], restart: Sequence[bool]) -> None:
+        """Run ``stage`` on its batch: verify + continue where a draft exists (unless the move
+        restarts), else generate."""
         backend = self.backends[stage]
         groups: dict[tuple[GenerationParams, bool], list[Trace]] = defaultdict(list)
-        for t in traces:
-            groups[(t.request.params, bool(t.runs))].append(t)
+        for t, fresh in zip(traces, restart, strict=True):
+            groups[(t.request.params, bool(t.runs) and not fresh)].append(t)
         for (params, has_draft), group in groups.items():
             prompts = [self.prompt_ids(stage, t.request) for t in group]
             if params.options:  # a choice: verified by this stage's own choice pass
                 for t, p, g in zip(group, prompts, respond(backend, prompts, params), strict=True):
-                    if not t.runs:
+                    if not has_draft:
                         t.runs.append(StageRun(stage, p, g, None, 0, 0, math.nan, 0.0, g.total_s))
                         continue
                     prev = t.runs[-1]

@@ -1,42 +1,89 @@
-"""Policies: where an input enters the hierarchy and, after each stage, stop or jump (DESIGN §7).
+"""Policies: where an input enters the hierarchy and, after each stage, stop or go deeper (§7).
 
 A policy has two decisions, both batched:
 
 * ``entry(requests) -> list[int]``: the starting stage of each input, from the input alone;
-* ``next_stage(stage, traces) -> list[int | None]``: after ``stage`` ran on these inputs, None to
-  stop and return its output, or a deeper stage to jump to (skipping the ones between).
+* ``next_stage(stage, paths) -> list[Move | None]``: after ``stage`` ran on these inputs, None to
+  stop and return its output, or a :class:`Move` to a deeper stage (skipping the ones between),
+  which either continues the current output (verify it, decode the rest) or restarts.
 
-The built-ins here are the fixed strategies and the oracles used as baselines and limits; the
-learned policy (predictor + DP) lives in ``asd_core.stopping``/``asd_core.predictor`` and plugs
-in through the same two methods.
+The same policy objects drive the online pipeline and replay over cached generations: they see
+inputs and paths only through the small protocols below (an item id, a task, the stages that
+ran and how), and learned ones read their predictions from an observer
+(``asd_core.adaptive``). The built-ins here are the fixed strategies, the tuned threshold
+baselines and the oracles; the learned DP policy lives in ``asd_core.adaptive``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from asd_core import stopping
 from asd_core.errors import AsdError
 
-if TYPE_CHECKING:
-    from asd_core.pipeline import Request, Trace
+Move = stopping.Decision  # (deeper stage, restart?): how a path goes on
+
+
+def continue_to(stage: int) -> Move:
+    """Go to ``stage`` by verifying the current output and decoding the rest (lossless)."""
+    return Move(stage, False)
+
+
+class RequestLike(Protocol):
+    """What a policy sees of an input."""
+
+    @property
+    def item_id(self) -> str: ...
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+class RunLike(Protocol):
+    """What a policy sees of one stage's run on an input."""
+
+    @property
+    def stage(self) -> int: ...
+
+    @property
+    def from_stage(self) -> int | None: ...  # stage whose draft it verified; None from scratch
+
+
+class PathLike(Protocol):
+    """What a policy sees of an input's way through the hierarchy so far."""
+
+    @property
+    def request(self) -> RequestLike: ...
+
+    @property
+    def runs(self) -> Sequence[RunLike]: ...
+
+
+def view_of(run: RunLike) -> int:
+    """SEQUENTIAL when the stage verified the stage right below it, else DIRECT."""
+    sequential = run.from_stage is not None and run.from_stage == run.stage - 1
+    return stopping.SEQUENTIAL if sequential else stopping.DIRECT
 
 
 @runtime_checkable
 class Policy(Protocol):
-    """The pipeline's decision interface."""
+    """The decision interface of the pipeline and of replay."""
 
     name: str  # label used in traces, tables and progress bars
 
-    def entry(self, requests: Sequence[Request]) -> list[int]:
+    def entry(self, requests: Sequence[RequestLike]) -> list[int]:
         """Starting stage of each request."""
         ...
 
-    def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
-        """After ``stage``: None to stop, or a deeper stage, per input."""
+    def next_stage(self, stage: int, paths: Sequence[PathLike]) -> list[Move | None]:
+        """After ``stage``: None to stop, or a move to a deeper stage, per input."""
         ...
 
 
@@ -58,11 +105,11 @@ class FixedDepth:
         self.route = route
         self.name = f"{'route' if route else 'cascade'}_{self.start}_to_{depth}"
 
-    def entry(self, requests: Sequence[Request]) -> list[int]:
+    def entry(self, requests: Sequence[RequestLike]) -> list[int]:
         return [self.start] * len(requests)
 
-    def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
-        return [stage + 1 if stage < self.depth else None for _ in traces]
+    def next_stage(self, stage: int, paths: Sequence[PathLike]) -> list[Move | None]:
+        return [continue_to(stage + 1) if stage < self.depth else None for _ in paths]
 
 
 class AlwaysDeepest(FixedDepth):
@@ -71,6 +118,14 @@ class AlwaysDeepest(FixedDepth):
     def __init__(self, n_stages: int):
         super().__init__(n_stages - 1, n_stages, route=True)
         self.name = "deepest"
+
+
+class StageAlone(FixedDepth):
+    """Stage ``k`` alone."""
+
+    def __init__(self, k: int, n_stages: int):
+        super().__init__(k, n_stages, route=True)
+        self.name = f"stage_{k}"
 
 
 def _unit_hash(item_id: str, seed: int) -> float:
@@ -93,13 +148,65 @@ class RandomMixing:
         self.seed = seed
         self.name = "random_" + "_".join(f"{x:.2f}" for x in w / w.sum())
 
-    def entry(self, requests: Sequence[Request]) -> list[int]:
+    def entry(self, requests: Sequence[RequestLike]) -> list[int]:
         draws = [_unit_hash(r.item_id, self.seed) for r in requests]
         last = len(self.cdf) - 1
         return [min(int(np.searchsorted(self.cdf, u, side="right")), last) for u in draws]
 
-    def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
-        return [None for _ in traces]
+    def next_stage(self, stage: int, paths: Sequence[PathLike]) -> list[Move | None]:
+        return [None for _ in paths]
+
+
+class Scores(Protocol):
+    """Where a threshold baseline reads its scores (an observer of ``asd_core.adaptive``)."""
+
+    def head(self, requests: Sequence[RequestLike]) -> np.ndarray: ...
+
+    def after(self, stage: int, paths: Sequence[PathLike]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ThresholdCascade:
+    """Run ``stages`` in order, stopping at the first whose P(accept) ≥ threshold (FrugalGPT).
+
+    Each step continues the previous output (verify, decode the rest), so the score after a
+    sequential step reads the verification feature; the first stage is entered directly.
+    """
+
+    def __init__(self, threshold: float, stages: Sequence[int], scores: Scores, name: str):
+        self.threshold = float(threshold)
+        self.order = list(stages)
+        self.following = dict(zip(self.order, self.order[1:], strict=False))
+        self.scores = scores
+        self.name = name
+
+    def entry(self, requests: Sequence[RequestLike]) -> list[int]:
+        return [self.order[0]] * len(requests)
+
+    def next_stage(self, stage: int, paths: Sequence[PathLike]) -> list[Move | None]:
+        if stage == self.order[-1] or not paths:
+            return [None for _ in paths]
+        score, _ = self.scores.after(stage, paths)
+        nxt = self.following[stage]
+        return [None if s >= self.threshold else continue_to(nxt) for s in score.tolist()]
+
+
+class ThresholdRouter:
+    """Straight to the cheapest stage whose input-only P(accept) ≥ threshold (RouteLLM-style)."""
+
+    def __init__(self, threshold: float, scores: Scores, name: str = "router"):
+        self.threshold = float(threshold)
+        self.scores = scores
+        self.name = name
+
+    def entry(self, requests: Sequence[RequestLike]) -> list[int]:
+        if not requests:
+            return []
+        ok = self.scores.head(requests) >= self.threshold
+        ok[:, -1] = True
+        return ok.argmax(axis=1).tolist()
+
+    def next_stage(self, stage: int, paths: Sequence[PathLike]) -> list[Move | None]:
+        return [None for _ in paths]
 
 
 class _Oracle:
@@ -119,27 +226,30 @@ class _Oracle:
 class OracleRouter(_Oracle):
     """Each input straight to its cheapest acceptable stage (from labels): the router limit."""
 
-    def __init__(self, cheapest: Mapping[str, int], n_stages: int):
-        super().__init__(cheapest, n_stages, "oracle_router")
+    def __init__(self, cheapest: Mapping[str, int], n_stages: int, name: str = "oracle_router"):
+        super().__init__(cheapest, n_stages, name)
 
-    def entry(self, requests: Sequence[Request]) -> list[int]:
+    def entry(self, requests: Sequence[RequestLike]) -> list[int]:
         return [self.target(r.item_id) for r in requests]
 
-    def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
-        return [None for _ in traces]
+    def next_stage(self, stage: int, paths: Sequence[PathLike]) -> list[Move | None]:
+        return [None for _ in paths]
 
 
 class OracleCascade(_Oracle):
     """Stages in order from 0, stopping at the cheapest acceptable one: the cascade limit."""
 
-    def __init__(self, cheapest: Mapping[str, int], n_stages: int):
-        super().__init__(cheapest, n_stages, "oracle_cascade")
+    def __init__(self, cheapest: Mapping[str, int], n_stages: int, name: str = "oracle_cascade"):
+        super().__init__(cheapest, n_stages, name)
 
-    def entry(self, requests: Sequence[Request]) -> list[int]:
+    def entry(self, requests: Sequence[RequestLike]) -> list[int]:
         return [0 for _ in requests]
 
-    def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
-        return [stage + 1 if stage < self.target(t.request.item_id) else None for t in traces]
+    def next_stage(self, stage: int, paths: Sequence[PathLike]) -> list[Move | None]:
+        return [
+            continue_to(stage + 1) if stage < self.target(t.request.item_id) else None
+            for t in paths
+        ]
 
 
 def cheapest_acceptable(labels: np.ndarray) -> np.ndarray:

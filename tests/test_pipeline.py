@@ -21,10 +21,12 @@ from asd_core.pipeline import AcceptanceMetrics, Pipeline, Request, Trace
 from asd_core.policies import (
     AlwaysDeepest,
     FixedDepth,
+    Move,
     OracleCascade,
     OracleRouter,
     RandomMixing,
     cheapest_acceptable,
+    continue_to,
 )
 
 SPECS = [
@@ -95,14 +97,34 @@ def test_skipping_a_stage_verifies_the_latest_draft(pipe: Pipeline) -> None:
         def entry(self, reqs: Sequence[Request]) -> list[int]:
             return [0] * len(reqs)
 
-        def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
-            return [2 if stage == 0 else None for _ in traces]
+        def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[Move | None]:
+            return [continue_to(2) if stage == 0 else None for _ in traces]
 
     reqs = requests()
     for req, t in zip(reqs, pipe.run(reqs, SkipOne()), strict=True):
         assert t.path == [0, 2]
         assert t.runs[1].from_stage == 0
         assert t.output.token_ids == alone(pipe, 2, req)
+
+
+def test_a_restart_runs_the_deeper_stage_from_scratch(pipe: Pipeline) -> None:
+    class Restart:
+        name = "restart"
+
+        def entry(self, reqs: Sequence[Request]) -> list[int]:
+            return [0] * len(reqs)
+
+        def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[Move | None]:
+            # input 0 restarts at stage 1, the others continue; then all stop
+            return [Move(1, t.request.item_id == "item0") if stage == 0 else None for t in traces]
+
+    reqs = requests()
+    for req, t in zip(reqs, pipe.run(reqs, Restart()), strict=True):
+        assert t.path == [0, 1]
+        restarted = req.item_id == "item0"
+        assert (t.runs[1].from_stage is None) == restarted
+        assert (t.runs[1].verify_s == 0.0) == restarted
+        assert t.output.token_ids == alone(pipe, 1, req)
 
 
 def test_routing_straight_to_a_stage_generates_from_scratch(pipe: Pipeline) -> None:
@@ -177,8 +199,8 @@ def test_bad_policies_and_inputs_are_clear(pipe: Pipeline) -> None:
         def entry(self, reqs: Sequence[Request]) -> list[int]:
             return [1] * len(reqs)
 
-        def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[int | None]:
-            return [0 for _ in traces]
+        def next_stage(self, stage: int, traces: Sequence[Trace]) -> list[Move | None]:
+            return [continue_to(0) for _ in traces]
 
     with pytest.raises(AsdError, match="must go deeper"):
         pipe.run(requests()[:1], Backwards())

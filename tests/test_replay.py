@@ -11,14 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from asd_core import adaptive, stats, stopping
+from asd_core import adaptive, policies, stats, stopping
 from asd_core.bench_features import synthetic_frame
 from asd_core.data.splits import fold_of
 from asd_core.errors import AsdError
 from asd_core.eval import replay, runner
-from asd_core.features import FeatureSet
+from asd_core.features import FeatureSet, StageView
 from asd_core.predictor import TrainConfig, train_predictor
-from tests.tolerance import F32_ULPS, ulps
 
 K = 3
 SPLITS = ("train", "calibration", "test")
@@ -63,7 +62,13 @@ def model(gens: pd.DataFrame) -> adaptive.PolicyModel:
     train, calib = (gens[gens["split"] == s] for s in ("train", "calibration"))
     cfg = TrainConfig(max_epochs=15, patience=3, n_members=2)
     pred = train_predictor(train, calib, FeatureSet(K), "answer", cfg, seed=1)
-    return adaptive.fit_policy_model(pred, train, adaptive.RiskSettings())
+    return adaptive.fit_policy_model(pred, train, calib, adaptive.RiskSettings(), n_bins=5)
+
+
+def observer_of(model: adaptive.PolicyModel, df: pd.DataFrame) -> adaptive.CachedObserver:
+    data = replay.ReplayData.from_frame(df, K, "answer")
+    pred = adaptive.predictions(model.predictor, df, K)
+    return adaptive.CachedObserver(pred, data.n_in[:, 0], data.n_out)
 
 
 def test_replay_data_and_fixed_strategies(gens: pd.DataFrame) -> None:
@@ -72,13 +77,44 @@ def test_replay_data_and_fixed_strategies(gens: pd.DataFrame) -> None:
     assert data.scratch_s.shape == (data.n, K) and data.escalate_s.shape == (data.n, K, K)
     assert np.isnan(data.escalate_s[:, 1, 0]).all() and (data.escalate_s[:, 0, 2] > 0).all()
     for k in range(K):
-        r = replay.stage_alone(data, k)
+        r = replay.simulate(data, policies.StageAlone(k, K))
         np.testing.assert_allclose(r.cost_s, data.scratch_s[:, k])
         np.testing.assert_array_equal(r.quality, data.quality[:, k])
-    router, cascade = replay.oracle_router(data), replay.oracle_cascade(data)
+    cheapest = policies.cheapest_acceptable(data.label).tolist()
+    labels = dict(zip(data.item_ids, cheapest, strict=True))
+    router = replay.simulate(data, policies.OracleRouter(labels, K))
+    cascade = replay.simulate(data, policies.OracleCascade(labels, K))
     np.testing.assert_array_equal(router.depth, cascade.depth)
     np.testing.assert_allclose(router.cost_s, data.scratch_s[np.arange(data.n), router.depth])
     assert all(p == tuple(range(d + 1)) for p, d in zip(cascade.paths, cascade.depth, strict=True))
+    # a cascade's cost is the first stage plus each continuation
+    two = replay.simulate(data, policies.FixedDepth(2, K, start=1))
+    np.testing.assert_allclose(two.cost_s, data.scratch_s[:, 1] + data.escalate_s[:, 1, 2])
+
+
+def test_a_restart_costs_the_deeper_stage_from_scratch(gens: pd.DataFrame) -> None:
+    class Restart:
+        name = "restart"
+
+        def entry(self, requests):
+            return [0] * len(requests)
+
+        def next_stage(self, stage, paths):
+            return [policies.Move(2, True) if stage == 0 else None for _ in paths]
+
+    data = replay.ReplayData.from_frame(gens[gens["split"] == "test"], K, "answer")
+    r = replay.simulate(data, Restart())
+    np.testing.assert_allclose(r.cost_s, data.scratch_s[:, 0] + data.scratch_s[:, 2])
+    assert (r.restarts == 1).all() and all(p == (0, 2) for p in r.paths)
+
+
+def test_random_mixing_draws_the_same_inputs_in_replay_and_online(gens: pd.DataFrame) -> None:
+    data = replay.ReplayData.from_frame(gens[gens["split"] == "test"], K, "answer")
+    mix = policies.RandomMixing([0.5, 0.0, 0.5], seed=3)
+    replayed = replay.simulate(data, mix)
+    online = mix.entry([replay.ReplayInput(i, "qa") for i in data.item_ids])
+    np.testing.assert_array_equal(replayed.depth, online)
+    assert 0 < (replayed.depth == 2).mean() < 1
 
 
 def test_escalation_cost_counts_verify_and_unaccepted_tokens(gens: pd.DataFrame) -> None:
@@ -93,55 +129,49 @@ def test_escalation_cost_counts_verify_and_unaccepted_tokens(gens: pd.DataFrame)
 def test_dp_policy_limits_in_lambda(gens: pd.DataFrame, model: adaptive.PolicyModel) -> None:
     test = gens[gens["split"] == "test"]
     data = replay.ReplayData.from_frame(test, K, "answer")
-    beliefs = replay.Beliefs.of(model, test)
-    cheap = stopping.solve(model.transitions, model.pbar, model.costs, 1e-6)
-    dear = stopping.solve(model.transitions, model.pbar, model.costs, 1e6)
-    assert (replay.dp_policy(data, beliefs, cheap, model.n_bins).depth == 0).all()
-    assert (replay.dp_policy(data, beliefs, dear, model.n_bins).depth == K - 1).all()
+    obs = observer_of(model, test)
+    cheap = replay.simulate(data, adaptive.AdaptivePolicy(model, 1e-6, obs))
+    dear = replay.simulate(data, adaptive.AdaptivePolicy(model, 1e6, obs))
+    cheapest = int(np.argmin(model.held_out.scratch.mean(axis=0)))
+    assert (cheap.depth == cheapest).all() and all(len(p) == 1 for p in cheap.paths)
+    assert (dear.depth == K - 1).all()
 
 
-def test_adaptive_policy_decides_like_its_replay(
+def test_adaptive_policy_decides_from_live_features_like_its_replay(
     gens: pd.DataFrame, model: adaptive.PolicyModel
 ) -> None:
-    """The online decision after stage k uses the same beliefs as replay on the same rows."""
+    """Features of each output computed one at a time (as online) and the cached predictions
+    give the same decisions at every λ."""
     test = gens[gens["split"] == "test"].sort_values(["item_id", "stage"])
-    beliefs = replay.Beliefs.of(model, test)
-    table = stopping.solve(model.transitions, model.pbar, model.costs, 1.0)
-    rows = test.to_dict("records")
-    for r in rows[: 3 * K]:
-        from asd_core.features import StageView
+    sub = test[test["item_id"].isin(sorted(test["item_id"].unique())[:16])]
+    cached = observer_of(model, sub)
+    rows = {(r["item_id"], r["stage"]): r for r in sub.to_dict("records")}
 
-        view = StageView.from_row(r)
-        mean, var = model.predictor.predict_view(view)
-        p = adaptive.adjusted(
-            model.prior, model.risk, np.array([mean]), np.array([var]), np.array([view.stage])
-        )
-        i = sorted(test["item_id"].unique()).index(r["item_id"])
-        # one row online vs the whole test split in replay: float32 members, ~F32_ULPS apart
-        assert p[0] == pytest.approx(
-            beliefs.sequential[i, r["stage"]], abs=ulps(np.float32, F32_ULPS)
-        )
-        b = int(stopping.belief_bins(p, model.n_bins)[0])
-        assert stopping.decide(table, r["stage"], b) == stopping.decide(
-            table,
-            r["stage"],
-            int(stopping.belief_bins(beliefs.sequential[i : i + 1, r["stage"]], model.n_bins)[0]),
-        )
+    class RowObserver:  # the live path: one output's features at a time
+        def head(self, requests):
+            return cached.head(requests)
 
+        def after(self, stage, paths):
+            out = []
+            for t in paths:
+                r = dict(rows[t.request.item_id, stage])
+                if policies.view_of(t.runs[-1]) != stopping.SEQUENTIAL:
+                    r["accepted_frac_prev"] = np.nan
+                out.append(model.predictor.predict_view(StageView.from_row(r)))
+            mean, var = zip(*out, strict=True)
+            return np.array(mean), np.array(var)
 
-@pytest.mark.parametrize("beta", [0.5, 0.2])
-def test_scalar_belief_bin_equals_the_vectorised_one(
-    model: adaptive.PolicyModel, beta: float
-) -> None:
-    import dataclasses
+        def lengths(self, path):
+            return cached.lengths(path)
 
-    m = dataclasses.replace(model, risk=adaptive.RiskSettings(alpha=7.0, beta=beta, n_max=500.0))
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        stage, mean, var = int(rng.integers(0, K)), float(rng.random()), float(rng.random() * 0.05)
-        p = adaptive.adjusted(m.prior, m.risk, np.array([mean]), np.array([var]), np.array([stage]))
-        expected = int(stopping.belief_bins(p, m.n_bins)[0])
-        assert adaptive.belief_bin_one(m, stage, mean, var) == expected
+    data = replay.ReplayData.from_frame(sub, K, "answer")
+    seen = set()
+    for lam in (0.3, 1.0, 3.0, 10.0):
+        a = replay.simulate(data, adaptive.AdaptivePolicy(model, lam, cached))
+        b = replay.simulate(data, adaptive.AdaptivePolicy(model, lam, RowObserver()))
+        assert a.paths == b.paths
+        seen |= set(a.paths)
+    assert any(len(p) > 1 for p in seen)  # some decision after a stage was compared
 
 
 def test_per_input_costs_track_lengths_and_limits(
@@ -153,8 +183,8 @@ def test_per_input_costs_track_lengths_and_limits(
     assert long[0, 2] > short[0, 2]  # a longer output costs more
     test = gens[gens["split"] == "test"]
     data = replay.ReplayData.from_frame(test, K, "answer")
-    beliefs = replay.Beliefs.of(model, test)
-    dear = replay.dp_policy_per_input(data, beliefs, model, 1e6, stopping.DP)
+    obs = observer_of(model, test)
+    dear = replay.simulate(data, adaptive.AdaptivePolicy(model, 1e6, obs, cost_mode="per_input"))
     assert (dear.depth == K - 1).all()
 
 
@@ -166,6 +196,8 @@ def test_decision_overhead_and_cost_table(gens: pd.DataFrame, model: adaptive.Po
     assert table[(table.origin == "from scratch") & (table.to == "c")][
         "cost_rel"
     ].item() == pytest.approx(1.0)
+    both = table[table.origin == "escalate from a"]
+    assert set(both["move"]) == {"continue", "restart"} and len(both) == 4
 
 
 def test_evaluate_produces_every_method_and_summarises(
@@ -184,13 +216,18 @@ def test_evaluate_produces_every_method_and_summarises(
         train=TrainConfig(max_epochs=10, patience=3, n_members=2),
         folds=3,
     )
-    results, _ = runner.evaluate(gens, settings, K, progress=False)
+    results, info = runner.evaluate(gens, settings, K, progress=False)
     n_items = gens["item_id"].nunique()
     methods = set(results["method"])
-    expected = {"stage_0", "stage_2", "oracle_router", "oracle_cascade", "random", "static_cascade",
-                "router", "pair_0_2", "dp", "dp_no_risk", "dp_no_predictor", "dp_size_costs",
+    expected = {"stage_0", "stage_2", "oracle_router", "oracle_cascade", "oracle_router_quality",
+                "random", "static_cascade", "router", "pair_0_2", "dp", "dp_no_risk",
+                "dp_no_predictor", "dp_no_smoothing", "dp_size_costs", "dp_no_restart",
                 "dp_myopic", "dp_sequential", "dp_per_input", "draft_verify_deepest"}  # fmt: skip
     assert expected <= methods
+    # the DP curve has a dense λ grid that holds the protocol's values
+    grid = info["lambda_grid"]
+    assert len(grid) >= 30 and {0.1, 10.0} <= set(grid)
+    assert set(results.loc[results["method"] == "dp", "lam"]) == set(grid)
     # every item exactly once per method × λ × seed, in the fold its id hashes to
     per = results.groupby(["method", "lam", "seed"], dropna=False)["item_id"].agg(
         ["count", "nunique"]
@@ -304,3 +341,20 @@ def test_pool_prompts_train_every_fold_and_are_never_evaluated(
     assert not pool_ids & set(results["item_id"])
     assert results["item_id"].nunique() == gens["item_id"].nunique() - len(pool_ids)
     assert len(seen) == 2 and all(pool_ids <= ids for ids in seen)
+
+
+def test_online_check_runs_only_where_the_policy_is_not_constant(
+    gens: pd.DataFrame, model: adaptive.PolicyModel
+) -> None:
+    from asd_core.eval import online
+
+    test = gens[gens["split"] == "test"]
+    data = replay.ReplayData.from_frame(test, K, "answer")
+    obs = observer_of(model, test)
+    candidates = [1e-6, *np.geomspace(0.05, 50, 12).tolist(), 1e6]
+    chosen = online.informative_lambdas(model, data, obs, candidates, n=3)
+    assert chosen and 1e-6 not in chosen and 1e6 not in chosen  # constant: all stop / all deep
+    for lam in chosen:
+        paths = replay.simulate(data, adaptive.AdaptivePolicy(model, lam, obs)).paths
+        assert len(set(paths)) >= 2 and any(len(p) > 1 for p in paths)
+    assert online.informative_lambdas(model, data, obs, [1e-6, 1e6], n=2) == []

@@ -8,6 +8,7 @@ the stage it ended at (losslessness of the escalations, up to near-ties).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -15,11 +16,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from asd_core.adaptive import AdaptivePolicy, PolicyModel
+from asd_core.adaptive import AdaptivePolicy, CachedObserver, LiveObserver, PolicyModel, predictions
 from asd_core.config import StageConfig
 from asd_core.data import load_task
 from asd_core.errors import AsdError
-from asd_core.eval.replay import Beliefs, ReplayData, replay_adaptive
+from asd_core.eval.replay import ReplayData, simulate
 from asd_core.models.base import GenerationParams
 from asd_core.models.registry import load_backend
 from asd_core.pipeline import Pipeline, Request
@@ -61,11 +62,39 @@ def requests_for(
     return [Request(i, by_id[i].task, by_id[i].question, settings[by_id[i].task]) for i in item_ids]
 
 
+def informative_lambdas(
+    model: PolicyModel,
+    data: ReplayData,
+    observer: CachedObserver,
+    candidates: Sequence[float],
+    n: int,
+    cost_mode: Literal["table", "per_input"] = "table",
+) -> list[float]:
+    """Up to ``n`` λ from ``candidates`` at which the replayed policy is not constant on these
+    inputs: at least two different paths and at least one escalation. Agreement at a λ where
+    every input takes the same path could not fail, so only these λ confirm anything.
+
+    Spread over the informative ones (lowest, highest, then evenly between); an empty list when
+    no candidate qualifies.
+    """
+    good = []
+    for lam in sorted(candidates):
+        policy = AdaptivePolicy(model, lam, observer, cost_mode=cost_mode)
+        paths = simulate(data, policy).paths
+        if len(set(paths)) >= 2 and any(len(p) > 1 for p in paths):
+            good.append(float(lam))
+    if len(good) <= n:
+        return good
+    pick = np.linspace(0, len(good) - 1, n).round().astype(int)
+    return [good[i] for i in sorted(set(pick.tolist()))]
+
+
 def confirm(
     stages: Sequence[StageConfig],
     manifest: Mapping[str, Any],
     model: PolicyModel,
-    lambdas: Sequence[float],
+    candidate_lambdas: Sequence[float],
+    n_lambdas: int,
     test_df: pd.DataFrame,
     n_inputs: int,
     data_dir: str | Path,
@@ -75,25 +104,40 @@ def confirm(
     progress: bool = True,
     cost_mode: Literal["table", "per_input"] = "table",
 ) -> pd.DataFrame:
-    """One row per (λ, input): online vs replayed path, depth, seconds, and output identity."""
+    """One row per (λ, input): online vs replayed path, depth, seconds, and output identity.
+
+    The λ are chosen by :func:`informative_lambdas` among ``candidate_lambdas``. When none
+    qualifies the check could not fail anywhere, so nothing runs: the result is empty and a
+    warning names the reason.
+    """
     K = len(stages)
-    if not lambdas or n_inputs == 0:
+    if not candidate_lambdas or n_inputs == 0 or n_lambdas == 0:
         return pd.DataFrame()
     ids = pick_inputs(test_df, n_inputs, seed)
     sub = test_df[test_df["item_id"].isin(ids)]
     data = ReplayData.from_frame(sub, K, label_mode)
-    beliefs = Beliefs.of(model, sub)
-    cached = {(r.item_id, r.stage): list(r.token_ids) for r in sub.itertuples()}
+    s0 = model.predictor.config.input_stage
+    cached = CachedObserver(predictions(model.predictor, sub, K), data.n_in[:, s0], data.n_out)
+    lambdas = informative_lambdas(model, data, cached, candidate_lambdas, n_lambdas, cost_mode)
+    if not lambdas:
+        logging.getLogger(__name__).warning(
+            "online check skipped: at none of %d λ does the replayed policy take two different "
+            "paths with an escalation on the %d inputs (raise online_inputs)",
+            len(candidate_lambdas),
+            data.n,
+        )
+        return pd.DataFrame()
+    outputs = {(r.item_id, r.stage): list(r.token_ids) for r in sub.itertuples()}
     requests = requests_for(manifest, data_dir, data.item_ids)
     backends = [load_backend(s, models_dir) for s in stages]
     rows = []
     try:
         pipe = Pipeline(backends)
-        entry_tok = backends[model.predictor.config.input_stage].tokenizer
+        live = LiveObserver(model.predictor, backends[s0].tokenizer)
         for lam in lambdas:
-            policy = AdaptivePolicy(model, lam, entry_tok, cost_mode=cost_mode)
-            traces = pipe.run(requests, policy, progress=progress)
-            replayed = replay_adaptive(policy, data, beliefs)
+            online = AdaptivePolicy(model, lam, live, cost_mode=cost_mode)
+            traces = pipe.run(requests, online, progress=progress)
+            replayed = simulate(data, AdaptivePolicy(model, lam, cached, cost_mode=cost_mode))
             for i, t in enumerate(traces):
                 rows.append(
                     {
@@ -110,7 +154,7 @@ def confirm(
                         "replay_s": float(replayed.cost_s[i]),
                         "decision_s": t.decision_s,
                         "output_equals_cached": t.output.token_ids
-                        == cached[(t.request.item_id, t.depth)],
+                        == outputs[(t.request.item_id, t.depth)],
                     }
                 )
     finally:
@@ -130,6 +174,8 @@ def agreement_summary(online: pd.DataFrame) -> pd.DataFrame:
             outputs_equal_cached=("output_equals_cached", "mean"),
             online_s=("online_s", "sum"),
             replay_s=("replay_s", "sum"),
+            distinct_paths=("replay_path", "nunique"),
+            escalations=("replay_path", lambda p: int(p.str.contains("→").sum())),
         )
         .assign(online_over_replay=lambda d: d["online_s"] / d["replay_s"])
         .reset_index()
