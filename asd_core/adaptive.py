@@ -763,3 +763,63 @@ def cost_table(model: PolicyModel, stage_names: Sequence[str]) -> pd.DataFrame:
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def decision_table(
+    model: PolicyModel, lambdas: Sequence[float], stage_names: Sequence[str]
+) -> pd.DataFrame:
+    """What the solved policy does in every belief state at every λ, and where inputs enter.
+
+    One row per (λ, stage, view, bin) with the bin's range of p̃ on the held-out inputs
+    (``p_low``, ``p_high``; empty bins are left out), its held-out count and the action
+    ("stop", "continue → j", "restart → j"); plus rows with ``stage`` = "entry" giving the share
+    of held-out inputs the entry sends to each stage. The decision-boundary figure draws it.
+    """
+    K, held = model.n_stages, model.held_out
+    near = stopping.nearest(held.head, held.head, model.neighbours)
+    counts = np.asarray(model.beliefs.counts)
+    rows: list[dict[str, Any]] = []
+    for lam in lambdas:
+        table = stopping.solve(model.beliefs, model.costs, lam)
+        for k in range(K - 1):
+            for v in range(stopping.N_VIEWS):
+                if k == 0 and v == stopping.SEQUENTIAL:
+                    continue  # never reached: stage 0 verifies nothing
+                edges = np.concatenate([[0.0], model.beliefs.edges[k, v], [1.0]])
+                for b in range(model.n_bins):
+                    if counts[k, v, b] == 0:
+                        continue
+                    j, fresh = int(table.action[k, v, b]), bool(table.restart[k, v, b])
+                    action = (
+                        "stop"
+                        if j == stopping.STOP
+                        else f"{'restart' if fresh else 'continue'} → {stage_names[j]}"
+                    )
+                    rows.append(
+                        {
+                            "lam": float(lam),
+                            "stage": stage_names[k],
+                            "view": stopping.VIEW_NAMES[v],
+                            "bin": b,
+                            "p_low": float(edges[b]),
+                            "p_high": float(min(edges[b + 1], 1.0)),
+                            "n_held_out": int(counts[k, v, b]),
+                            "action": action,
+                        }
+                    )
+        cost, loss = stopping.entry_outcomes(table, held)
+        entered = stopping.decide_entries(stopping.entry_values(cost, loss, lam, near))
+        for j in range(K):
+            rows.append(
+                {
+                    "lam": float(lam),
+                    "stage": "entry",
+                    "view": "",
+                    "bin": j,
+                    "p_low": np.nan,
+                    "p_high": np.nan,
+                    "n_held_out": int((entered == j).sum()),
+                    "action": f"enter {stage_names[j]}",
+                }
+            )
+    return pd.DataFrame(rows)

@@ -281,9 +281,13 @@ def score_methods(
 
 
 def _by_stage(stages: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """(label, row mask) per stage present, then "all" (every row pooled)."""
+    """(label, row mask) per stage present, then "drafts": every stage but the last pooled.
+
+    The last stage is the reference (its label is always 1), so pooling it in would add a block
+    of certain positives that any score ranks well and inflate the pooled AUC.
+    """
     groups = [(str(int(k)), stages == k) for k in np.unique(stages)]
-    return [*groups, ("all", np.ones(len(stages), dtype=bool))]
+    return [*groups, ("drafts", stages < stages.max())]
 
 
 def compare_predictors(
@@ -296,7 +300,7 @@ def compare_predictors(
 ) -> pd.DataFrame:
     """AUC, Brier and ECE with bootstrap 95% CIs of every method, per stage and pooled.
 
-    Columns: stage ("0", "1", …, "all"), method, metric, value, ci_low, ci_high, n (inputs),
+    Columns: stage ("0", "1", …, "drafts" = every stage but the last), method, metric, value, ci_low, ci_high, n (inputs),
     positive_rate. AUC is NaN where the labels hold one class (the final stage). Pass
     ``scores`` from :func:`score_methods` to reuse them.
     """

@@ -272,13 +272,40 @@ def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
 def fit_stage_calibration(
     p: np.ndarray, y: np.ndarray, method: CalibrationMethod
 ) -> StageCalibration:
-    """Fit ``method`` on raw probabilities ``p`` (N,) and labels ``y`` (N,).
+    """Fit ``method`` on raw probabilities ``p`` (N,) and labels ``y`` (N,), if it helps.
 
-    Identity when ``method`` is "none" or the labels hold one class only (nothing to learn; the
-    final stage is always accepted in its own right).
+    Identity when ``method`` is "none", when the labels hold one class only (nothing to learn;
+    the final stage is always accepted in its own right), or when the map does not lower the
+    expected calibration error on held-out rows (:func:`calibration_helps`).
     """
     if method == "none" or len(np.unique(y)) < 2:
         return StageCalibration("identity")
+    if not calibration_helps(p, y, method):
+        return StageCalibration("identity")
+    return _fit_map(p, y, method)
+
+
+def calibration_helps(p: np.ndarray, y: np.ndarray, method: CalibrationMethod) -> bool:
+    """Whether ``method`` lowers ECE on rows it was not fitted on: two-fold cross-fitting over
+    the calibration rows (a fixed alternate split of the rows sorted by p), mean ECE of the
+    fitted maps vs of the raw probabilities on the same held-out halves."""
+    from asd_core.calibration import ece  # a lazy import: calibration reads predictors
+
+    order = np.argsort(p, kind="stable")
+    halves = (order[0::2], order[1::2])
+    if min(len(h) for h in halves) < 2:
+        return False
+    fitted, raw = [], []
+    for fit_on, test_on in (halves, halves[::-1]):
+        if len(np.unique(y[fit_on])) < 2:
+            return False
+        mapped = _fit_map(p[fit_on], y[fit_on], method).apply(p[test_on])
+        fitted.append(ece(y[test_on], mapped))
+        raw.append(ece(y[test_on], p[test_on]))
+    return float(np.mean(fitted)) < float(np.mean(raw))
+
+
+def _fit_map(p: np.ndarray, y: np.ndarray, method: CalibrationMethod) -> StageCalibration:
     if method == "temperature":
         return StageCalibration("temperature", temperature=fit_temperature(p, y))
     from sklearn.isotonic import IsotonicRegression

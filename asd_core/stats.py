@@ -511,12 +511,19 @@ def saving_share(cost: float, oracle_cost: float, reference_cost: float) -> floa
     return float((1.0 - rel) / (1.0 - oracle_rel))
 
 
-def smallest_matching_lambda(lams: ArrayLike, quality: ArrayLike, reference: CI) -> float:
-    """The smallest λ whose quality matches the deepest stage's; NaN if none does.
+MATCH_SHARE = 0.95  # "matched quality": at least this share of the deepest stage's quality
 
-    ``lams``, ``quality``: shape (m,), one mean quality per λ. "Matches" means at least the lower
-    bound of the reference's CI: inside the CI or above it (beating the deepest stage is no
-    failure to match it). The smallest λ is the cheapest policy that keeps the quality.
+
+def smallest_matching_lambda(
+    lams: ArrayLike, quality: ArrayLike, reference_quality: float, share: float = MATCH_SHARE
+) -> float:
+    """The smallest λ whose quality keeps ``share`` of the deepest stage's; NaN if none does.
+
+    ``lams``, ``quality``: shape (m,), one mean quality per λ; ``reference_quality`` is the
+    deepest stage's point estimate. "Matches" means quality ≥ share × reference (beating the
+    deepest stage is no failure to match it); the uncertainty of the match is reported beside
+    it as the paired CI of the difference, not folded into the rule. The smallest λ is the
+    cheapest policy that keeps the quality.
     """
     lam = np.asarray(lams, dtype=float).reshape(-1)
     q = np.asarray(quality, dtype=float).reshape(-1)
@@ -524,9 +531,11 @@ def smallest_matching_lambda(lams: ArrayLike, quality: ArrayLike, reference: CI)
         raise StatsError(f"need one quality per λ, got {lam.size} λ and {q.size} qualities")
     if not (np.all(np.isfinite(lam)) and np.all(np.isfinite(q))):
         raise StatsError("λ values and qualities must be finite")
-    if not np.isfinite(reference.low):
-        raise StatsError("the reference CI has no lower bound (too few inputs?)")
-    ok = q >= reference.low
+    if not np.isfinite(reference_quality):
+        raise StatsError("the reference quality must be finite")
+    if not 0.0 < share <= 1.0:
+        raise StatsError(f"'share' must lie in (0, 1], got {share!r}")
+    ok = q >= share * reference_quality - 1e-12
     return float(lam[ok].min()) if ok.any() else float("nan")
 
 
@@ -702,7 +711,7 @@ def _ci_columns(name: str, ci: CI) -> dict[str, float]:
 def headline(summary: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
     """Per method with a λ sweep × dataset: the smallest λ matching the reference's quality.
 
-    ``summary`` is :func:`summarise`'s output. The reference's quality CI comes from its row in
+    ``summary`` is :func:`summarise`'s output. The reference's quality comes from its row in
     the same dataset; the chosen λ follows :func:`smallest_matching_lambda`. Columns: method,
     dataset, lam (NaN when no λ matches), matched, and that λ's quality, cost, speedup and
     retention with their CIs (NaN when unmatched).
@@ -715,10 +724,9 @@ def headline(summary: pd.DataFrame, reference: str | None = None) -> pd.DataFram
     records = []
     for dataset, data in summary.groupby("dataset", sort=True):
         r = _single_row(data, reference, dataset)
-        ref_ci = CI(r["quality"], r["quality_low"], r["quality_high"], np.nan, "summary")
         swept = data[data["lam"].notna() & (data["method"] != reference)]
         for method, rows in swept.groupby("method", sort=True):
-            lam = smallest_matching_lambda(rows["lam"], rows["quality"], ref_ci)
+            lam = smallest_matching_lambda(rows["lam"], rows["quality"], float(r["quality"]))
             matched = bool(np.isfinite(lam))
             picked = rows[rows["lam"] == lam].iloc[0] if matched else None
             records.append(

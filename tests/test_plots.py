@@ -327,7 +327,7 @@ def test_operating_points_follow_the_smallest_matching_lambda(summary: pd.DataFr
         data = summary[(summary["dataset"] == p.dataset)]
         ref = data[data["method"] == "stage_2"].iloc[0]
         dp = data[data["method"] == "dp"].sort_values("lam")
-        ok = dp[dp["quality"] >= ref["quality_low"]]
+        ok = dp[dp["quality"] >= 0.95 * ref["quality"] - 1e-12]
         if len(ok):
             assert p.matched and p.lam == ok["lam"].min()
         else:
@@ -516,8 +516,10 @@ def test_lambda_sweep_is_log_x_with_every_ablation(summary: pd.DataFrame) -> Non
     assert len(fig.axes) == 4
     assert all(ax.get_xscale() == "log" for ax in fig.axes)
     text = _texts(fig)
+    present = set(summary["method"])
+    assert {"dp", "dp_myopic"} <= present
     for m in plots.ABLATIONS:
-        assert plots.label(m) in text
+        assert (plots.label(m) in text) == (m in present)
     dp_line = next(
         line for line in fig.axes[0].get_lines() if line.get_label() == plots.label("dp")
     )
@@ -533,7 +535,7 @@ def test_stage_usage_bars_sum_to_one(results: pd.DataFrame) -> None:
     assert len(heights) == len(LAMS) + 1  # every λ and the oracle router
     np.testing.assert_allclose(list(heights.values()), 1.0)
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels == ["λ=0.1", "λ=1", "λ=10", "oracle router"]
+    assert labels == ["λ=0.1", "λ=1", "λ=10", plots.label("oracle_router")]
     with pytest.raises(plots.AnalysisError, match="'nope' is not in the results table"):
         plots.stage_usage(results, method="nope")
 
@@ -557,7 +559,8 @@ def test_latency_cdf_uses_the_operating_points(
 def test_area_and_ablation_bars(curves: pd.DataFrame) -> None:
     fig = plots.ablation_bars(curves)
     ax = fig.axes[0]
-    assert len(ax.patches) == len(plots.ABLATIONS) * 2
+    present = [m for m in plots.ABLATIONS if m in set(curves["method"])]
+    assert len(present) >= 4 and len(ax.patches) == len(present) * 2
     dp = curves[curves["method"] == "dp"].sort_values("dataset")["area"].to_numpy()
     heights = [p.get_height() for p in ax.patches[:2]]
     np.testing.assert_allclose(heights, dp)
@@ -592,12 +595,10 @@ def test_one_input_per_dataset_gives_undefined_cis_not_errors() -> None:
     curves = plots.curve_table(tiny, n_resamples=20)
     assert curves["area_low"].isna().all()
     head = plots.headline_table(tiny, summary, curves, n_resamples=20)
-    assert not head["matched"].any()  # the reference CI is undefined with one input
+    # one input: point estimates exist, their intervals do not
+    assert head["quality_diff_low"].isna().all() and head["saving_share_low"].isna().all()
     table = plots.accuracy_latency_table(summary)
-    assert (
-        table[table["method"] == "dp"]["operating_point"]
-        == "highest quality (reference CI undefined)"
-    ).all()
+    assert table[table["method"] == "dp"]["operating_point"].str.contains("95%").all()
     for fig in (
         plots.pareto(summary),
         plots.lambda_sweep(summary),

@@ -288,14 +288,17 @@ def test_compare_predictors_table(predictor, frames):
     train, _, test = frames
     table = cal.compare_predictors(predictor, train, test, n_resamples=100)
     assert set(table["method"]) == set(cal.METHODS)
-    assert set(table["stage"]) == {"0", "1", "2", "all"}
+    assert set(table["stage"]) == {"0", "1", "2", "drafts"}
     assert set(table["metric"]) == {"auc", "brier", "ece"}
     assert len(table) == 4 * len(cal.METHODS) * 3
     final_auc = table[(table["stage"] == "2") & (table["metric"] == "auc")]
     assert final_auc["value"].isna().all()  # the final stage is always accepted
-    pooled = table[(table["stage"] == "all") & (table["metric"] == "auc")].set_index("method")
+    pooled = table[(table["stage"] == "drafts") & (table["metric"] == "auc")].set_index("method")
     assert pooled.loc["ensemble", "value"] > 0.75
     assert pooled.loc["logistic", "value"] > 0.75
+    # the pooled rows leave the final stage (always accepted) out
+    n = table[table["metric"] == "auc"].groupby("stage")["n"].first()
+    assert n["drafts"] == n["0"] + n["1"]
 
 
 def test_logistic_baseline_and_max_prob():
@@ -355,3 +358,18 @@ def test_config_from_params_and_non_finite_features(frames):
     broken.at[broken.index[3], "entropy"] = np.array([np.nan, 1.0], dtype=np.float32)
     with pytest.raises(AsdError, match="non-finite feature 'out_mean_entropy' for item"):
         train_predictor(broken, calib, FeatureSet(3), config=SMALL)
+
+
+def test_calibration_is_kept_only_where_it_lowers_held_out_ece() -> None:
+    from asd_core.predictor import fit_stage_calibration
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(4000)
+    y = (rng.random(4000) < truth).astype(float)
+    # over-confident scores: a temperature fixes them, and does better on held-out halves
+    sharp = 1 / (1 + np.exp(-4 * np.log(truth / (1 - truth))))
+    assert fit_stage_calibration(sharp, y, "temperature").method == "temperature"
+    # scores that are already calibrated: nothing to gain, so the map is left out
+    kept = [fit_stage_calibration(truth, y, m).method for m in ("temperature", "isotonic")]
+    assert kept.count("identity") >= 1
+    assert fit_stage_calibration(sharp[:3], y[:3], "temperature").method == "identity"

@@ -14,7 +14,6 @@ from scipy import stats as sps
 
 from asd_core.errors import AsdError
 from asd_core.stats import (
-    CI,
     bootstrap_ci,
     cost_at_quality,
     curve_summary,
@@ -372,13 +371,13 @@ def test_saving_share():
     assert math.isnan(saving_share(3.0, oracle_cost=4.0, reference_cost=4.0))
 
 
-def test_smallest_matching_lambda():
-    ref = CI(0.8, 0.7, 0.9, 0.95, "BCa")
-    lams, q = [5.0, 0.1, 1.0, 0.5], [0.95, 0.5, 0.72, 0.6]
-    assert smallest_matching_lambda(lams, q, ref) == 1.0
-    assert math.isnan(smallest_matching_lambda([0.1, 1.0], [0.5, 0.6], ref))
+def test_smallest_matching_lambda_keeps_95_percent_of_the_reference():
+    lams, q = [5.0, 0.1, 1.0, 0.5], [0.95, 0.5, 0.76, 0.75]
+    assert smallest_matching_lambda(lams, q, 0.8) == 1.0  # 0.76 = 95% of 0.8; 0.75 is not
+    assert smallest_matching_lambda(lams, q, 0.8, share=0.9) == 0.5
+    assert math.isnan(smallest_matching_lambda([0.1, 1.0], [0.5, 0.6], 0.8))
     with pytest.raises(AsdError):
-        smallest_matching_lambda([0.1], [0.9], CI(0.8, np.nan, np.nan, 0.95, "none"))
+        smallest_matching_lambda([0.1], [0.9], float("nan"))
 
 
 # ---------------------------------------------------------------- the evaluation table
@@ -493,7 +492,7 @@ def test_headline_and_curve_summary(summary):
         data = summary[summary["dataset"] == row["dataset"]]
         ref = data[data["method"] == "stage_2"].iloc[0]
         asd = data[data["method"] == "asd"]
-        expected = asd.loc[asd["quality"] >= ref["quality_low"], "lam"].min()
+        expected = asd.loc[asd["quality"] >= 0.95 * ref["quality"] - 1e-12, "lam"].min()
         if np.isfinite(expected):
             assert row["matched"] and row["lam"] == expected
             assert row["speedup"] == asd.loc[asd["lam"] == expected, "speedup"].iloc[0]

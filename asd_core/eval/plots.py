@@ -43,14 +43,31 @@ if TYPE_CHECKING:
 ORACLE = "oracle_router"  # the yardstick of oracle gaps and saving shares
 CHEAPEST = "stage_0"  # anchors the normalised area at 0
 BEST_PAIR = "best_pair"  # pseudo-method: all pair_i_j points pooled
-ABLATIONS = ("dp", "dp_no_risk", "dp_no_predictor", "dp_size_costs", "dp_myopic", "dp_sequential")
+ROUTER = "router"  # the baseline the DP's area is compared with, paired
+ABLATIONS = (
+    "dp",
+    "dp_no_risk",
+    "dp_no_predictor",
+    "dp_no_smoothing",
+    "dp_size_costs",
+    "dp_no_restart",
+    "dp_myopic",
+    "dp_sequential",
+    "dp_per_input",
+)
 AREA_METHODS = ("dp", "static_cascade", "router", BEST_PAIR)  # compared in the headline table
 CURVE_BASELINES = ("random", "static_cascade", "router", BEST_PAIR)  # curves on the Pareto figure
-SINGLE_POINTS = ("oracle_router", "oracle_cascade", "draft_verify_deepest")  # besides stage_k
+SINGLE_POINTS = (
+    "oracle_router",
+    "oracle_router_quality",
+    "oracle_cascade",
+    "draft_verify_deepest",
+)  # besides stage_k
 
 # Display order of methods in tables and legends; unknown names follow, sorted.
 _ORDER = (
     "oracle_router",
+    "oracle_router_quality",
     "oracle_cascade",
     "draft_verify_deepest",
     "dp",
@@ -60,23 +77,30 @@ _ORDER = (
     "random",
     "dp_no_risk",
     "dp_no_predictor",
+    "dp_no_smoothing",
     "dp_size_costs",
+    "dp_no_restart",
     "dp_myopic",
     "dp_sequential",
+    "dp_per_input",
 )
 
 _LABELS = {
     "dp": "DP policy (ours)",
     "dp_no_risk": "DP, no risk adjustment",
     "dp_no_predictor": "DP, no predictor (max-prob.)",
+    "dp_no_smoothing": "DP, raw counts (no smoothing)",
     "dp_size_costs": "DP, size-based costs",
+    "dp_no_restart": "DP, continue only (no restarts)",
     "dp_myopic": "myopic stopping",
     "dp_sequential": "sequential cascade (no entry, no skips)",
+    "dp_per_input": "DP, per-input costs",
     "static_cascade": "static cascade (FrugalGPT-style)",
     "router": "router (RouteLLM-style)",
     BEST_PAIR: "best two-stage pair (envelope)",
     "random": "random mixing",
-    "oracle_router": "oracle router",
+    "oracle_router": "oracle router (agreement label)",
+    "oracle_router_quality": "oracle router (ground truth)",
     "oracle_cascade": "oracle cascade",
     "draft_verify_deepest": "draft + verify (deepest output)",
 }
@@ -89,6 +113,7 @@ _BASELINE_COLOURS = {
     "router": 2,
     BEST_PAIR: 3,
     "oracle_router": 4,
+    "oracle_router_quality": 8,
     "oracle_cascade": 5,
     "draft_verify_deepest": 6,
     "random": 7,
@@ -541,6 +566,86 @@ def lambda_sweep(
     return fig
 
 
+def decision_boundaries(decisions: pd.DataFrame) -> Figure:
+    """The solved policy at a glance: its action in every belief state across λ.
+
+    ``decisions`` is :func:`asd_core.adaptive.decision_table`. One panel per (stage, view)
+    where a decision is taken: x is λ (log), y the belief p̃ (each bin drawn over its range on
+    the held-out inputs), the colour the action; a last panel shows where the entry sends the
+    held-out inputs at each λ.
+    """
+    from matplotlib.patches import Patch
+
+    need = {"lam", "stage", "view", "p_low", "p_high", "action", "n_held_out"}
+    if not need <= set(decisions.columns):
+        raise AnalysisError(
+            f"decision table lacks column(s) {sorted(need - set(decisions.columns))}"
+        )
+    states = decisions[decisions["stage"] != "entry"]
+    entry = decisions[decisions["stage"] == "entry"]
+    panels = list(dict.fromkeys(zip(states["stage"], states["view"], strict=True)))
+    lams = np.sort(decisions["lam"].unique())
+    # each λ owns the span between the geometric midpoints to its neighbours
+    mids = np.sqrt(lams[1:] * lams[:-1]) if len(lams) > 1 else np.array([])
+    left = np.concatenate([[lams[0] / 1.5], mids]) if len(lams) else lams
+    right = np.concatenate([mids, [lams[-1] * 1.5]]) if len(lams) else lams
+    span = dict(zip(lams.tolist(), zip(left, right, strict=True), strict=True))
+    actions = sorted(set(states["action"]), key=lambda a: (a != "stop", a.startswith("restart"), a))
+    pal = _palette()
+    colour = {a: ("0.85" if a == "stop" else pal[i % len(pal)]) for i, a in enumerate(actions)}
+    fig, axes = _grid(len(panels) + 1, 3, 4.6, 3.4)
+    for ax, (stage, view) in zip(axes.flat, panels, strict=False):
+        rows = states[(states["stage"] == stage) & (states["view"] == view)]
+        for r in rows.itertuples():
+            x0, x1 = span[float(r.lam)]
+            ax.fill_between([x0, x1], r.p_low, r.p_high, color=colour[r.action], lw=0)
+        ax.set_xscale("log")
+        _plain_log_ticks(ax)
+        ax.set(
+            xlim=(left[0], right[-1]),
+            ylim=(0, 1),
+            title=f"after {stage} ({view})",
+            xlabel="λ",
+            ylabel="belief p̃ (bins of held-out inputs)",
+        )
+    ax = axes.flat[len(panels)]
+    names = list(dict.fromkeys(entry["action"]))
+    bottom = np.zeros(len(lams))
+    for i, name in enumerate(names):
+        share = np.array(
+            [
+                entry[(entry["lam"] == lam) & (entry["action"] == name)]["n_held_out"].sum()
+                / max(entry[entry["lam"] == lam]["n_held_out"].sum(), 1)
+                for lam in lams
+            ]
+        )
+        ax.fill_between(
+            lams,
+            bottom,
+            bottom + share,
+            step="mid",
+            color=pal[(i + 5) % len(pal)],
+            label=name,
+            lw=0,
+        )
+        bottom += share
+    ax.set_xscale("log")
+    _plain_log_ticks(ax)
+    ax.set(
+        xlim=(left[0], right[-1]),
+        ylim=(0, 1),
+        title="entry (held-out inputs)",
+        xlabel="λ",
+        ylabel="share of inputs",
+    )
+    ax.legend(loc="lower left", fontsize="small", frameon=True)
+    handles = [Patch(color=colour[a], label=a) for a in actions]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), title="action")
+    fig.suptitle("The solved policy: action per belief state across λ")
+    fig.tight_layout()
+    return fig
+
+
 def stage_usage(
     results: pd.DataFrame,
     method: str = "dp",
@@ -599,9 +704,8 @@ def operating_points(summary: pd.DataFrame, reference: str | None = None) -> pd.
     """Each method's operating point per dataset: which λ a table or figure shows.
 
     Single-point methods: their one row. Methods with a λ sweep: the smallest λ whose quality
-    matches the deepest stage's (at least its CI's lower bound, :func:`stats.smallest_matching_lambda`);
-    when none does, or the reference CI is undefined (fewer than 2 inputs), the λ of highest
-    quality. Columns: method, dataset, lam, matched, rule.
+    keeps 95% of the deepest stage's (:func:`stats.smallest_matching_lambda`); when none does,
+    the λ of highest quality. Columns: method, dataset, lam, matched, rule.
     """
     reference = reference or stats.deepest_stage(summary)
     records = []
@@ -609,27 +713,20 @@ def operating_points(summary: pd.DataFrame, reference: str | None = None) -> pd.
         ref = _row(data, reference)
         if ref is None:
             raise AnalysisError(f"dataset '{dataset}': no single summary row of '{reference}'")
-        ref_ci = stats.CI(
-            ref["quality"], ref["quality_low"], ref["quality_high"], np.nan, "summary"
-        )
         for method, rows in data.groupby("method", sort=False):
             swept = rows[rows["lam"].notna()]
             if swept.empty or method == reference:
                 lam, matched, rule = rows["lam"].iloc[0], False, "single point"
             else:
-                lam = np.nan
-                if np.isfinite(ref_ci.low):
-                    lam = stats.smallest_matching_lambda(swept["lam"], swept["quality"], ref_ci)
+                lam = stats.smallest_matching_lambda(
+                    swept["lam"], swept["quality"], float(ref["quality"])
+                )
                 matched = bool(np.isfinite(lam))
                 if matched:
-                    rule = "smallest λ (or budget, share) matching the deepest stage"
+                    rule = "smallest λ (or budget, share) keeping 95% of the deepest stage"
                 else:
                     lam = float(swept.sort_values(["quality", "lam"]).iloc[-1]["lam"])
-                    rule = (
-                        "highest quality (none matches)"
-                        if np.isfinite(ref_ci.low)
-                        else "highest quality (reference CI undefined)"
-                    )
+                    rule = "highest quality (none keeps 95%)"
             records.append(
                 {"method": method, "dataset": dataset, "lam": lam, "matched": matched, "rule": rule}
             )
@@ -879,6 +976,17 @@ def _area(points: _Points, cols: np.ndarray, lo: int, hi: int) -> Statistic:
     return f
 
 
+def _area_difference(
+    points: _Points, cols: np.ndarray, others: np.ndarray, lo: int, hi: int
+) -> Statistic:
+    mine, theirs = _area(points, cols, lo, hi), _area(points, others, lo, hi)
+
+    def f(q: np.ndarray, c: np.ndarray) -> float:
+        return mine(q, c) - theirs(q, c)
+
+    return f
+
+
 def _gap(cols: np.ndarray, orc: int) -> Statistic:
     def f(q: np.ndarray, c: np.ndarray) -> float:
         if not c[orc] > 0:
@@ -921,7 +1029,9 @@ def curve_table(
     :func:`stats.normalised_area` between ``cheapest`` and ``reference`` (the same number as
     :func:`stats.curve_summary`); the oracle gap is :func:`stats.oracle_gap`'s ratio against
     ``oracle`` (+inf when the curve never reaches the oracle's quality, NaN without an oracle).
-    Columns: method, dataset, n_points, area/_low/_high, oracle_gap/_low/_high, reaches_oracle.
+    Columns: method, dataset, n_points, n_inputs, area/_low/_high, area_vs_router/_low/_high
+    (the method's area minus the router's on the same resamples: a paired CI), oracle_gap/_low/
+    _high, reaches_oracle, and ``reason`` saying why a figure is undefined (NaN).
     """
     stats.check_table(results)
     reference = reference or stats.deepest_stage(results)
@@ -937,18 +1047,36 @@ def curve_table(
         orc = points.column(oracle)
         statistics: dict[str, Statistic] = {}
         shown = []
+        router = points.columns(ROUTER)
         for name in methods:
             cols = points.columns(name)
             if cols.size == 0:
                 continue
             shown.append((name, cols.size))
             statistics[f"area:{name}"] = _area(points, cols, lo, hi)
+            if router.size:
+                statistics[f"vs:{name}"] = _area_difference(points, cols, router, lo, hi)
             if orc is not None:
                 statistics[f"gap:{name}"] = _gap(cols, orc)
         cis = _bootstrap(points, statistics, confidence, n_resamples, seed)
+        undefined = stats.CI(np.nan, np.nan, np.nan, confidence, "undefined")
+        q_mean, c_mean = points.quality.mean(axis=0), points.cost.mean(axis=0)
         for name, n_points in shown:
             area = cis[f"area:{name}"]
-            gap = cis.get(f"gap:{name}", stats.CI(np.nan, np.nan, np.nan, confidence, "undefined"))
+            versus = cis.get(f"vs:{name}", undefined)
+            gap = cis.get(f"gap:{name}", undefined)
+            reasons = []
+            if q_mean[hi] == q_mean[lo]:
+                reasons.append("area undefined: the deepest stage is no better than stage 0")
+            elif q_mean[hi] < q_mean[lo]:
+                reasons.append("area inverted: the deepest stage is worse than stage 0")
+            if orc is None:
+                reasons.append("no oracle router")
+            else:
+                if math.isinf(gap.estimate):
+                    reasons.append("never reaches the oracle router's quality")
+                if c_mean[orc] >= c_mean[hi]:
+                    reasons.append("the oracle router saves nothing")
             records.append(
                 {
                     "method": name,
@@ -958,10 +1086,14 @@ def curve_table(
                     "area": area.estimate,
                     "area_low": area.low,
                     "area_high": area.high,
+                    "area_vs_router": versus.estimate,
+                    "area_vs_router_low": versus.low,
+                    "area_vs_router_high": versus.high,
                     "oracle_gap": gap.estimate,
                     "oracle_gap_low": gap.low,
                     "oracle_gap_high": gap.high,
                     "reaches_oracle": bool(np.isfinite(gap.estimate)),
+                    "reason": "; ".join(reasons),
                 }
             )
     return pd.DataFrame.from_records(records)
@@ -993,7 +1125,12 @@ def headline_table(
     (from ``summary``), saving_share/_low/_high (share of the oracle router's saving, bootstrapped
     here, the λ held fixed), oracle_gap/_low/_high (of the method's whole curve, from ``curves``),
     and area_<m>/_low/_high for every ``compare`` method (from ``curves`` = :func:`curve_table`,
-    which must use the same ``seed`` and ``n_resamples`` for the CIs to be paired).
+    which must use the same ``seed`` and ``n_resamples`` for the CIs to be paired), with
+    dp_minus_router/_low/_high (the paired area difference). Also quality_diff/_low/_high (the
+    method's quality minus the deepest stage's at that λ, paired bootstrap), the efficiency
+    figures tokens_per_s (output tokens of the returned answers per second of cost) and
+    s_per_quality (mean cost per unit of mean quality) beside the deepest stage's, and
+    ``reason`` naming why a figure is NaN.
     """
     reference = reference or stats.deepest_stage(summary)
     if not (summary["method"] == method).any():
@@ -1020,17 +1157,32 @@ def headline_table(
                 rec[name + suffix] = row[name + suffix] if keep else np.nan
         for suffix in ("", "_low", "_high"):
             rec["reference_quality" + suffix] = ref["quality" + suffix]
-        share = stats.CI(np.nan, np.nan, np.nan, confidence, "undefined")
+        undefined = stats.CI(np.nan, np.nan, np.nan, confidence, "undefined")
+        share = diff = undefined
         data_rows = results[results["dataset"] == dataset]
         pts = _Points.of(data_rows, str(dataset))
         col, orc, hi = pts.column(method, lam), pts.column(oracle), pts.column(reference)
-        if matched and col is not None and orc is not None and hi is not None:
-            share = _bootstrap(pts, {"s": _share(col, orc, hi)}, confidence, n_resamples, seed)["s"]
+        reasons = [] if matched else ["no λ keeps 95% of the deepest stage's quality"]
+        if col is not None and hi is not None:
+            wanted = {"diff": _difference(col, hi)}
+            if matched and orc is not None:
+                wanted["share"] = _share(col, orc, hi)
+            cis = _bootstrap(pts, wanted, confidence, n_resamples, seed)
+            diff, share = cis["diff"], cis.get("share", undefined)
+            if orc is not None and pts.cost[:, orc].mean() >= pts.cost[:, hi].mean():
+                reasons.append("the oracle router saves nothing: no saving share")
         rec |= {
             "saving_share": share.estimate,
             "saving_share_low": share.low,
             "saving_share_high": share.high,
+            "quality_diff": diff.estimate,
+            "quality_diff_low": diff.low,
+            "quality_diff_high": diff.high,
         }
+        rec |= _efficiency(data_rows, method, lam, "")
+        rec |= _efficiency(data_rows, reference, float("nan"), "reference_")
+        if rec["s_per_quality"] != rec["s_per_quality"]:  # NaN
+            reasons.append("quality 0: no cost per quality point")
         mine = curves[(curves["dataset"] == dataset) & (curves["method"] == method)]
         for suffix in ("", "_low", "_high"):
             rec["oracle_gap" + suffix] = (
@@ -1040,8 +1192,38 @@ def headline_table(
             c = curves[(curves["dataset"] == dataset) & (curves["method"] == name)]
             for suffix in ("", "_low", "_high"):
                 rec[f"area_{name}{suffix}"] = c["area" + suffix].iloc[0] if len(c) else np.nan
+        for suffix in ("", "_low", "_high"):
+            rec["dp_minus_router" + suffix] = (
+                mine["area_vs_router" + suffix].iloc[0]
+                if len(mine) and "area_vs_router" in mine
+                else np.nan
+            )
+        rec["reason"] = "; ".join(reasons)
         records.append(rec)
     return pd.DataFrame.from_records(records)
+
+
+def _difference(col: int, ref: int) -> Statistic:
+    def f(q: np.ndarray, c: np.ndarray) -> float:
+        return float(q[col] - q[ref])
+
+    return f
+
+
+def _efficiency(rows: pd.DataFrame, method: str, lam: float, prefix: str) -> dict[str, float]:
+    """Tokens per second of cost and seconds per unit of quality at one operating point."""
+    picked = rows[rows["method"] == method]
+    picked = (
+        picked[picked["lam"].isna()] if pd.isna(lam) else picked[np.isclose(picked["lam"], lam)]
+    )
+    cost, quality = float(picked["cost"].sum()), float(picked["quality"].mean())
+    tokens = float(picked["tokens"].sum()) if "tokens" in picked else float("nan")
+    return {
+        f"{prefix}tokens_per_s": tokens / cost if cost > 0 else float("nan"),
+        f"{prefix}s_per_quality": float(picked["cost"].mean()) / quality
+        if quality > 0
+        else float("nan"),
+    }
 
 
 def accuracy_latency_table(

@@ -245,6 +245,7 @@ def _rows(method: str, lam: float, seed: int, data: ReplayData, r: Replayed) -> 
             "label": r.label,
             "cost": r.cost_s,
             "depth": r.depth,
+            "tokens": data.n_out[np.arange(data.n), r.depth],  # of the returned output
             "restarts": r.restarts,
             "path": ["→".join(map(str, p)) for p in r.paths],
         }
