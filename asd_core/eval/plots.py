@@ -396,10 +396,14 @@ def _pareto_panel(
         return np.asarray(v, dtype=float) / scale
 
     if np.isfinite(ref["quality_low"]) and np.isfinite(ref["quality_high"]):
+        # hatched, not filled: the DP's own CI band stays readable on top of it
         ax.axhspan(
             ref["quality_low"],
             ref["quality_high"],
-            color="0.88",
+            facecolor="none",
+            edgecolor="0.75",
+            hatch="///",
+            lw=0,
             zorder=0,
             label="deepest stage, 95% CI",
         )
@@ -455,9 +459,9 @@ def _pareto_panel(
             label=f"{label(method)}, λ sweep",
             zorder=5,
         )
-        for xi, yi, lam in zip(x, ours["quality"], ours["lam"], strict=True):
+        for xi, yi, lam in _sparse_labels(x, ours["quality"].to_numpy(float), ours["lam"]):
             ax.annotate(
-                f"λ={lam:g}", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7
+                f"λ={lam:.2g}", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7
             )
 
     singles = [m for m in data["method"].unique() if _stage_index(str(m)) is not None]
@@ -468,7 +472,7 @@ def _pareto_panel(
             continue
         k = _stage_index(name)
         if k is not None:
-            colour, marker, size = "black", markers[k % len(markers)], 7
+            colour, marker, size = _stage_colour(k, len(singles)), markers[k % len(markers)], 7
         else:
             colour, marker, size = _colour(name), "*" if name.startswith("oracle") else "X", 11
         x0 = rel(r["cost"])
@@ -497,6 +501,33 @@ def _pareto_panel(
     ax.grid(alpha=0.3)
 
 
+def _stage_colour(k: int, n_stages: int) -> Any:
+    """Stage k's colour: light to dark along one hue, so depth reads at a glance."""
+    import seaborn as sns
+
+    return sns.color_palette("rocket_r", n_stages + 2)[k + 2]
+
+
+def _sparse_labels(
+    x: np.ndarray, y: np.ndarray, lams: Any, at_most: int = 6
+) -> list[tuple[float, float, float]]:
+    """The points worth a λ label: distinct positions, spread along the curve, at most
+    ``at_most`` — a dense λ grid labelled point by point would print labels over each other."""
+    points: list[tuple[float, float, float]] = []
+    span_x = max(float(np.ptp(x)), 1e-9)
+    span_y = max(float(np.ptp(y)), 1e-9)
+    for xi, yi, lam in zip(x, y, lams, strict=True):
+        far = all(
+            abs(xi - px) / span_x > 0.08 or abs(yi - py) / span_y > 0.08 for px, py, _ in points
+        )
+        if far:
+            points.append((float(xi), float(yi), float(lam)))
+    if len(points) > at_most:
+        keep = np.linspace(0, len(points) - 1, at_most).round().astype(int)
+        points = [points[i] for i in sorted(set(keep.tolist()))]
+    return points
+
+
 def lambda_sweep(
     summary: pd.DataFrame,
     methods: Sequence[str] = ABLATIONS,
@@ -504,11 +535,11 @@ def lambda_sweep(
     reference: str | None = None,
     oracle: str = ORACLE,
 ) -> Figure:
-    """Quality (top row) and relative cost (bottom row) vs λ per dataset, log-x, 95% CI bands.
+    """Quality (top row) and relative cost (bottom row) vs λ per dataset, log-x.
 
-    Only methods whose ``lam`` is a real λ belong here (``dp`` and its ablations). The deepest
-    stage's quality (with its CI) and cost 1 are drawn for reference, and the oracle router's
-    cost as a dotted line.
+    Only methods whose ``lam`` is a real λ belong here (``dp`` and its ablations); the DP gets
+    its 95% CI bands, the ablations thin lines. The deepest stage's quality (its CI hatched) and
+    cost 1 are drawn for reference, and the oracle router's cost as a dotted line.
     """
     import matplotlib.pyplot as plt
 
@@ -529,24 +560,35 @@ def lambda_sweep(
             if rows.empty:
                 continue
             colour = _colour(name, ablation=True)
-            lw = 2.2 if name == "dp" else 1.2
+            ours = name == "dp"
+            lw, ms = (2.2, 2.5) if ours else (1.1, 0)
             lam = rows["lam"].to_numpy(float)
-            top.plot(lam, rows["quality"], "-o", ms=3.5, lw=lw, color=colour, label=label(name))
-            top.fill_between(
-                lam, rows["quality_low"], rows["quality_high"], color=colour, alpha=0.15, lw=0
-            )
-            bottom.plot(lam, rows["cost"] / scale, "-o", ms=3.5, lw=lw, color=colour)
-            bottom.fill_between(
-                lam,
-                rows["cost_low"] / scale,
-                rows["cost_high"] / scale,
-                color=colour,
-                alpha=0.15,
-                lw=0,
-            )
+            style = "-o" if ours else "-"
+            top.plot(lam, rows["quality"], style, ms=ms, lw=lw, color=colour, label=label(name))
+            bottom.plot(lam, rows["cost"] / scale, style, ms=ms, lw=lw, color=colour)
+            if ours:  # one band only: nine overlapping bands would blur into one grey
+                top.fill_between(
+                    lam, rows["quality_low"], rows["quality_high"], color=colour, alpha=0.18, lw=0
+                )
+                bottom.fill_between(
+                    lam,
+                    rows["cost_low"] / scale,
+                    rows["cost_high"] / scale,
+                    color=colour,
+                    alpha=0.18,
+                    lw=0,
+                )
         top.axhline(ref["quality"], color="black", lw=1, ls="--", label=label(reference))
         if np.isfinite(ref["quality_low"]) and np.isfinite(ref["quality_high"]):
-            top.axhspan(ref["quality_low"], ref["quality_high"], color="0.9", zorder=0)
+            top.axhspan(
+                ref["quality_low"],
+                ref["quality_high"],
+                facecolor="none",
+                edgecolor="0.8",
+                hatch="///",
+                lw=0,
+                zorder=0,
+            )
         bottom.axhline(1.0, color="black", lw=1, ls="--")
         orc = _row(data, oracle)
         if orc is not None:
