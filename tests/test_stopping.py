@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import statistics
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -353,17 +351,6 @@ def realistic_instance(rng: np.random.Generator, n_stages: int, n_bins: int) -> 
     scratch = np.geomspace(0.1, 1.0, n_stages)
     escalate = np.triu(np.tile(0.8 * scratch, (n_stages, 1)), 1)
     return Instance(beliefs, stopping.flat_costs(scratch, escalate, n_bins), True)
-
-
-def test_per_input_resolve_is_fast() -> None:
-    # Target 0.1 ms for K = 3, B = 10; asserted at 10× to stay quiet on a busy machine.
-    inst = realistic_instance(np.random.default_rng(1), n_stages=3, n_bins=10)
-    times = []
-    for _ in range(300):
-        start = time.perf_counter()
-        stopping.decide_per_input(inst.beliefs, inst.costs, 2.0, 0, DIRECT, 7)
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 2e-3
 
 
 def test_decide_looks_up_the_table() -> None:
