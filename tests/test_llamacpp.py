@@ -363,10 +363,11 @@ def test_verification_reuses_the_prompt_it_generated_for(models_dir: Path) -> No
     assert fed_fresh == len(prompt) + len(draft)
     # the reused keys/values come from a pass of another shape: the same greedy tokens, and
     # log-probs within the kernels' rounding where they matter (measured: up to 0.26 nats on
-    # tokens above e^-10 after the wrong token, 0.47 on one at e^-26)
+    # tokens above e^-10 after the wrong token on an idle machine, 0.36 with both cores busy,
+    # 0.47 on one at e^-26)
     np.testing.assert_array_equal(reused.argmax_ids, fresh.argmax_ids)
     likely = fresh.logprobs > -10
-    np.testing.assert_allclose(reused.logprobs[likely], fresh.logprobs[likely], atol=0.3)
+    np.testing.assert_allclose(reused.logprobs[likely], fresh.logprobs[likely], atol=0.5)
 
 
 @pytest.mark.integration
