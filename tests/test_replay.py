@@ -358,3 +358,23 @@ def test_online_check_runs_only_where_the_policy_is_not_constant(
         paths = replay.simulate(data, adaptive.AdaptivePolicy(model, lam, obs)).paths
         assert len(set(paths)) >= 2 and any(len(p) > 1 for p in paths)
     assert online.informative_lambdas(model, data, obs, [1e-6, 1e6], n=2) == []
+
+
+def test_a_budget_missing_in_one_fold_is_missing_for_the_whole_seed() -> None:
+    results = pd.DataFrame(
+        {
+            "method": ["router"] * 4 + ["dp"] * 2,
+            "lam": [0.3, 0.3, 0.6, 0.6, 1.0, 1.0],
+            "seed": [1, 2, 1, 1, 1, 1],
+            "fold": [0, 0, 0, 1, 0, 1],
+        }
+    )
+    missing = [{"method": "router", "budget": 0.3, "fold": 1, "seed": 1}]
+    kept = runner._drop_partial_points(results, missing)
+    assert list(zip(kept["method"], kept["lam"], kept["seed"], strict=True)) == [
+        ("router", 0.3, 2),
+        ("router", 0.6, 1),
+        ("router", 0.6, 1),
+        ("dp", 1.0, 1),
+        ("dp", 1.0, 1),
+    ]

@@ -12,7 +12,8 @@ runs), looked up by name in :data:`METHODS`:
 * ``random``: stage 0 or the deepest stage at random, ``lam`` = share sent deepest;
 * ``static_cascade``: FrugalGPT-style, stop at the first stage whose calibrated P(accept) clears
   one threshold, tuned on the calibration split per cost budget (``lam`` = budget, a share of
-  the deepest stage's cost); a budget no threshold meets is listed in ``info["missing"]``;
+  the deepest stage's cost); a budget no threshold meets in some fold is listed in
+  ``info["missing"]`` and left out of that seed's results (it would cover only some inputs);
 * ``router``: RouteLLM-style, straight to the cheapest stage whose input-only P(accept) clears
   a threshold, tuned the same way;
 * ``pair_i_j``: two-stage cascades i → j with a tuned threshold (the envelope over pairs is the
@@ -346,10 +347,24 @@ def evaluate(
         info["missing"] += [{**m, "fold": f, "seed": seed} for m in missing]
         info["folds"].setdefault(f, {"n_test_items": folds[f][1]["test"].n, "seeds": {}})
         info["folds"][f]["seeds"][seed] = fold_info
-    results = pd.concat(out, ignore_index=True)
+    results = _drop_partial_points(pd.concat(out, ignore_index=True), info["missing"])
     results["cost_rel"] = results["cost"] / deepest_cost
     results.attrs["cost_source"] = src
     return results, info
+
+
+def _drop_partial_points(results: pd.DataFrame, missing: list[dict[str, Any]]) -> pd.DataFrame:
+    """Drop a tuned baseline's budget in a seed when some fold found no threshold for it.
+
+    Such a point would cover only part of the inputs and could not be compared with the others
+    item by item; it is missing as a whole (``missing`` keeps the folds that lacked it).
+    """
+    if not missing:
+        return results
+    gone = {(m["method"], float(m["budget"]), m["seed"]) for m in missing}
+    keys = zip(results["method"], results["lam"].astype(float), results["seed"], strict=True)
+    keep = np.fromiter((k not in gone for k in keys), dtype=bool, count=len(results))
+    return results[keep].reset_index(drop=True)
 
 
 def _evaluate_fold(
