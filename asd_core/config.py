@@ -73,6 +73,8 @@ class Params(BaseModel):
     profile_output_lengths: Annotated[list[PositiveInt], Field(min_length=2)] = [8, 32]
     profile_repeats: PositiveInt = 2  # timed repeats per grid cell
     profile_warmup: Annotated[int, Field(ge=0)] = 1  # untimed runs before timing a stage
+    profile_min_r2: Annotated[float, Field(ge=0, le=1)] = 0.8  # a latency fit below: disturbed
+    profile_strict: bool = True  # a disturbed cost model stops notebook 01 instead of a warning
     # -- tasks and labels (DESIGN §3, §10) --
     tasks: Annotated[list[TaskName], Field(min_length=1)] = [
         "mmlu",

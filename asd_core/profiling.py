@@ -379,6 +379,41 @@ def cost_table(
     return pd.DataFrame(rows)
 
 
+def cost_model_problems(cost: pd.DataFrame, min_r2: float = 0.8) -> list[str]:
+    """What makes a fitted cost model untrustworthy, one line each (empty when none).
+
+    ``cost`` is :func:`cost_table`'s output, cheapest stage first. Two signs that the timings
+    were disturbed (another job on the same cores, say) rather than measured: a generation fit
+    that explains less than ``min_r2`` of the variance, and a deeper stage that decodes a token
+    faster than a shallower one on the same runtime (the stages are ordered by size).
+    """
+    problems = [
+        f"stage '{r.stage}': the latency fit explains only R² = {r.r2:.2f} (< {min_r2:g})"
+        for r in cost.itertuples()
+        if not r.r2 >= min_r2
+    ]
+    rows = list(cost.itertuples())
+    for shallow, deep in zip(rows[:-1], rows[1:], strict=True):
+        if shallow.runtime == deep.runtime and deep.d_s_per_out_token < shallow.d_s_per_out_token:
+            problems.append(
+                f"stage '{deep.stage}' decodes faster ({1 / deep.d_s_per_out_token:.1f} tok/s) "
+                f"than the smaller '{shallow.stage}' ({1 / shallow.d_s_per_out_token:.1f} tok/s)"
+            )
+    return problems
+
+
+def check_cost_model(cost: pd.DataFrame, min_r2: float, strict: bool) -> list[str]:
+    """:func:`cost_model_problems`; with ``strict`` any problem stops with one line, because
+    replay would cost every input with the disturbed model."""
+    problems = cost_model_problems(cost, min_r2)
+    if problems and strict:
+        raise AsdError(
+            "cost model: " + "; ".join(problems) + " — re-run notebook 01 with the machine idle "
+            "(or set profile_strict: false)"
+        )
+    return problems
+
+
 # -- figures ------------------------------------------------------------------------------------
 
 

@@ -333,3 +333,26 @@ def test_plots_have_one_panel_per_stage_and_save(tmp_path) -> None:
     finally:
         for fig in figs:
             plt.close(fig)
+
+
+def test_a_disturbed_cost_model_is_caught() -> None:
+    from asd_core.errors import AsdError
+
+    cost = pd.DataFrame(
+        {
+            "stage": ["small", "mid", "big"],
+            "runtime": ["llamacpp"] * 3,
+            "d_s_per_out_token": [0.01, 0.046, 0.037],  # the big stage "decodes faster"
+            "r2": [0.98, 0.29, 0.98],
+        }
+    )
+    problems = profiling.cost_model_problems(cost)
+    assert len(problems) == 2
+    assert "'mid'" in problems[0] and "R² = 0.29" in problems[0]
+    assert "'big' decodes faster" in problems[1]
+    assert profiling.check_cost_model(cost, 0.8, strict=False) == problems
+    with pytest.raises(AsdError, match="re-run notebook 01") as err:
+        profiling.check_cost_model(cost, 0.8, strict=True)
+    assert "\n" not in str(err.value)
+    fine = cost.assign(d_s_per_out_token=[0.01, 0.03, 0.08], r2=0.95)
+    assert profiling.cost_model_problems(fine) == []
