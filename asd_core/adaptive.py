@@ -58,7 +58,10 @@ class PolicyModel:
     risk: RiskSettings  # shrinkage applied to every prediction
     prior: np.ndarray  # (K,) μ_k, base acceptance rate of each stage on the training split
     beliefs: stopping.BeliefModel  # bins, bin values and moves (held-out inputs)
-    costs: stopping.Costs  # normalised move costs (held-out inputs)
+    costs: stopping.Costs  # normalised move costs over every held-out input (all tasks pooled)
+    # per task: its held-out inputs' costs, normalised by that task's deepest stage, so that λ
+    # means the same on a one-token multiple-choice answer and a 300-token derivation
+    task_costs: dict[str, stopping.Costs]
     held_out: stopping.HeldOut  # the held-out inputs the entry is decided from
     scratch_s: np.ndarray  # (K,) mean seconds of each stage from scratch (held-out inputs)
     escalate_s: np.ndarray  # (K, K) mean seconds to continue k → j (verify + decode), j > k
@@ -504,7 +507,14 @@ def fit_policy_model(
     bins = np.stack([beliefs.bins(p_tilde[v], v) for v in range(stopping.N_VIEWS)])
     scratch, esc = per_input_costs(df, K, cost_source, sizes)
     costs = stopping.estimate_costs(scratch, esc, list(bins), n_bins, smoothing)
-    unit = float(scratch[:, -1].mean())
+    tasks = df["task"].to_numpy()[::K].astype(str)
+    task_costs, unit = {}, np.ones(len(tasks))
+    for task in sorted(set(tasks)):
+        rows = tasks == task
+        task_costs[task] = stopping.estimate_costs(
+            scratch[rows], esc[rows], [b[rows] for b in bins], n_bins, smoothing
+        )
+        unit[rows] = scratch[rows, -1].mean()
     upper = np.triu(np.ones((K, K), bool), 1)  # only moves to deeper stages exist
     escalate_s = np.zeros((K, K))
     escalate_s[upper] = esc[:, upper].mean(axis=0)
@@ -514,7 +524,10 @@ def fit_policy_model(
         prior=prior,
         beliefs=beliefs,
         costs=costs,
-        held_out=stopping.HeldOut(pred.head, bins, labels, scratch / unit, esc / unit),
+        task_costs=task_costs,
+        held_out=stopping.HeldOut(
+            pred.head, bins, labels, scratch / unit[:, None], esc / unit[:, None, None], tasks
+        ),
         scratch_s=scratch.mean(axis=0),
         escalate_s=escalate_s,
         neighbours=neighbours,
@@ -632,22 +645,32 @@ class AdaptivePolicy:
         self.rule = rule
         self.cost_mode = cost_mode
         self.observer = observer
-        self.costs = model.costs if costs is None else costs
-        self.table = stopping.solve(
-            model.beliefs, self.costs, lam, rule=rule, final_is_reference=True
-        )
+        # one table per task (its own costs), "" for a task the held-out inputs lack; a cost
+        # override (the size ablation) serves every task
+        by_task = {"": model.costs, **model.task_costs} if costs is None else {"": costs}
+        self.tables = {
+            task: stopping.solve(model.beliefs, c, lam, rule=rule, final_is_reference=True)
+            for task, c in by_task.items()
+        }
+        self.table = self.tables[""]
         self.name = name or f"dp_lam{lam:g}"
-        # what entering each stage did for each held-out input, under this table; a myopic rule
-        # chooses its entry by stopping right after it
+        # what entering each stage did for each held-out input, under its task's table; a
+        # myopic rule chooses its entry by stopping right after it
         self.entry_cost, self.entry_loss = stopping.entry_outcomes(
-            self.table, model.held_out, follow=not rule.myopic
+            self.tables, model.held_out, follow=not rule.myopic
         )
+
+    def table_for(self, task: str) -> stopping.PolicyTable:
+        """The solved table of ``task`` (the pooled one for a task without its own)."""
+        return self.tables.get(task, self.table)
 
     def entry(self, requests: Sequence[RequestLike]) -> list[int]:
         if not requests:
             return []
         head = self.observer.head(requests)
-        near = stopping.nearest(self.model.held_out.head, head, self.model.neighbours)
+        held = self.model.held_out
+        tasks = [r.task for r in requests]
+        near = stopping.nearest(held.head, head, self.model.neighbours, held.tasks, tasks)
         values = stopping.entry_values(
             self.entry_cost, self.entry_loss, self.lam, near, route=self.rule.route
         )
@@ -663,8 +686,9 @@ class AdaptivePolicy:
             view = view_of(t.runs[-1])
             b = self.model.beliefs.bin_of(stage, view, p_tilde)
             if self.cost_mode == "table":
+                table = self.table_for(t.request.task)
                 d = stopping.Decision(
-                    int(self.table.action[stage, view, b]), bool(self.table.restart[stage, view, b])
+                    int(table.action[stage, view, b]), bool(table.restart[stage, view, b])
                 )
             else:
                 n_in, known = self.observer.lengths(t)
@@ -770,13 +794,15 @@ def decision_table(
 ) -> pd.DataFrame:
     """What the solved policy does in every belief state at every λ, and where inputs enter.
 
-    One row per (λ, stage, view, bin) with the bin's range of p̃ on the held-out inputs
+    The states' actions are those of the table with every task's costs pooled; the entry rows
+    use each input's own task's table. One row per (λ, stage, view, bin) with the bin's range
+    of p̃ on the held-out inputs
     (``p_low``, ``p_high``; empty bins are left out), its held-out count and the action
     ("stop", "continue → j", "restart → j"); plus rows with ``stage`` = "entry" giving the share
     of held-out inputs the entry sends to each stage. The decision-boundary figure draws it.
     """
     K, held = model.n_stages, model.held_out
-    near = stopping.nearest(held.head, held.head, model.neighbours)
+    near = stopping.nearest(held.head, held.head, model.neighbours, held.tasks, held.tasks)
     counts = np.asarray(model.beliefs.counts)
     rows: list[dict[str, Any]] = []
     for lam in lambdas:
@@ -807,7 +833,8 @@ def decision_table(
                             "action": action,
                         }
                     )
-        cost, loss = stopping.entry_outcomes(table, held)
+        tables = {t: stopping.solve(model.beliefs, c, lam) for t, c in model.task_costs.items()}
+        cost, loss = stopping.entry_outcomes({"": table, **tables}, held)
         entered = stopping.decide_entries(stopping.entry_values(cost, loss, lam, near))
         for j in range(K):
             rows.append(

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -667,6 +667,7 @@ class HeldOut:
     labels: np.ndarray  # (N, K) 0/1 acceptance label of each stage's output
     scratch: np.ndarray  # (N, K) cost of each stage from scratch, in the tables' unit
     resume: np.ndarray  # (N, K, K) cost of continuing from k to j > k (NaN elsewhere)
+    tasks: np.ndarray | None = None  # (N,) task of each input: entries compare within a task
 
     def __post_init__(self) -> None:
         head = _probabilities("head", self.head)
@@ -674,6 +675,8 @@ class HeldOut:
             raise StoppingError(f"'head' must be a non-empty (N, K) array, got {head.shape}")
         N, K = head.shape
         shapes = {"bins": (N_VIEWS, N, K), "labels": (N, K), "scratch": (N, K), "resume": (N, K, K)}
+        if self.tasks is not None:
+            shapes["tasks"] = (N,)
         for name, shape in shapes.items():
             if np.shape(getattr(self, name)) != shape:
                 raise StoppingError(
@@ -686,15 +689,16 @@ class HeldOut:
 
 
 def entry_outcomes(
-    table: PolicyTable, held: HeldOut, follow: bool = True
+    tables: PolicyTable | Mapping[str, PolicyTable], held: HeldOut, follow: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """What entering at each stage and then following ``table`` did on each held-out input.
+    """What entering at each stage and then following the table did on each held-out input.
 
     Walks every input's own recorded bins, labels and costs (not the Markov model), so the
     result reflects how beliefs really moved for inputs like it.
 
     Args:
-        table: the solved policy after the entry.
+        tables: the solved policy after the entry, or one per task (looked up by
+            ``held.tasks``; the key "" serves a task without its own).
         held: the held-out inputs.
         follow: False stops right after the entry (the one-step lookahead of a myopic rule).
 
@@ -705,6 +709,11 @@ def entry_outcomes(
     cost = np.zeros((N, K))
     loss = np.zeros((N, K))
     for i in range(N):
+        if isinstance(tables, PolicyTable):
+            table = tables
+        else:
+            task = "" if held.tasks is None else str(held.tasks[i])
+            table = tables[task] if task in tables else tables[""]
         for j in range(K):
             k, v, total = j, DIRECT, float(held.scratch[i, j])
             while follow:
@@ -722,13 +731,24 @@ def entry_outcomes(
     return cost, loss
 
 
-def nearest(points: object, queries: object, k: int) -> np.ndarray:
+def nearest(
+    points: object,
+    queries: object,
+    k: int,
+    point_groups: Sequence[str] | np.ndarray | None = None,
+    query_groups: Sequence[str] | np.ndarray | None = None,
+) -> np.ndarray:
     """(M, k') indices of the k' = min(k, N) points nearest to each query (Euclidean).
+
+    With groups (tasks), a query's neighbours come from its own group first: costs differ
+    by an order of magnitude between tasks, so an input is compared with inputs of its task
+    (other groups fill in only when its own has fewer than k points).
 
     Args:
         points: (N, K) head predictions of the held-out inputs.
         queries: (M, K) head predictions of the inputs to decide for.
         k: neighbours per query, ≥ 1.
+        point_groups, query_groups: (N,) and (M,) group labels, or None.
     """
     p = np.asarray(points, dtype=float)
     q = np.asarray(queries, dtype=float)
@@ -740,6 +760,9 @@ def nearest(points: object, queries: object, k: int) -> np.ndarray:
         raise StoppingError(f"'k' must be an integer >= 1, got {k!r}")
     k = min(int(k), p.shape[0])
     dist = ((q[:, None, :] - p[None, :, :]) ** 2).sum(axis=-1)  # (M, N)
+    if point_groups is not None and query_groups is not None:
+        other = np.asarray(query_groups)[:, None] != np.asarray(point_groups)[None, :]
+        dist = dist + np.where(other, 1e6, 0.0)  # beyond any distance within [0, 1]^K
     idx = np.argpartition(dist, k - 1, axis=1)[:, :k]
     return np.asarray(idx, dtype=np.intp)
 

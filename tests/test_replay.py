@@ -353,11 +353,11 @@ def test_online_check_runs_only_where_the_policy_is_not_constant(
     obs = observer_of(model, test)
     candidates = [1e-6, *np.geomspace(0.05, 50, 12).tolist(), 1e6]
     chosen = online.informative_lambdas(model, data, obs, candidates, n=3)
-    assert chosen and 1e-6 not in chosen and 1e6 not in chosen  # constant: all stop / all deep
+    assert chosen and 1e-6 not in chosen  # constant there: every input stops at the cheapest
     for lam in chosen:
         paths = replay.simulate(data, adaptive.AdaptivePolicy(model, lam, obs)).paths
         assert len(set(paths)) >= 2 and any(len(p) > 1 for p in paths)
-    assert online.informative_lambdas(model, data, obs, [1e-6, 1e6], n=2) == []
+    assert online.informative_lambdas(model, data, obs, [1e-6, 2e-6], n=2) == []
 
 
 def test_a_budget_missing_in_one_fold_is_missing_for_the_whole_seed() -> None:

@@ -445,6 +445,13 @@ def test_entry_outcomes_walk_each_inputs_own_record() -> None:
         np.sort(stopping.nearest(held.head, [[0.45, 0.5], [0.0, 1.0]], 5), axis=1), [[0, 1], [0, 1]]
     )
     assert stopping.nearest(held.head, [[0.45, 0.5], [0.0, 1.0]], 1).ravel().tolist() == [0, 1]
+    # within a task first: the query near point 0 but of point 1's task gets point 1
+    same = stopping.nearest(held.head, [[0.45, 0.5]], 1, ["a", "b"], ["b"])
+    assert same.ravel().tolist() == [1]
+    # one table per task: a task without its own uses the "" table
+    tasks = stopping.HeldOut(**{**held.__dict__, "tasks": np.array(["a", "z"])})
+    per_task = stopping.entry_outcomes({"": table, "a": table}, tasks)
+    np.testing.assert_allclose(per_task[0], stopping.entry_outcomes(table, held)[0])
 
 
 # -- beliefs, bins and costs --------------------------------------------------------------------

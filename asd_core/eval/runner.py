@@ -270,13 +270,18 @@ def lambda_grid(fitted: Sequence[Fitted], settings: EvalSettings) -> list[float]
     for f in fitted:
         model = f.variants["dp"][0]
         held = model.held_out
-        near = stopping.nearest(held.head, held.head, model.neighbours)
+        near = stopping.nearest(held.head, held.head, model.neighbours, held.tasks, held.tasks)
 
-        def signature(lam: float, model: PolicyModel = model, near: np.ndarray = near) -> bytes:
-            table = stopping.solve(model.beliefs, model.costs, lam)
-            cost, loss = stopping.entry_outcomes(table, model.held_out)
-            entries = stopping.decide_entries(stopping.entry_values(cost, loss, lam, near))
-            return stopping.signature(table) + entries.tobytes()
+        def signature(
+            lam: float,
+            model: PolicyModel = model,
+            near: np.ndarray = near,
+            observer: CachedObserver = f.observers["calibration"],
+        ) -> bytes:
+            policy = AdaptivePolicy(model, lam, observer)
+            values = stopping.entry_values(policy.entry_cost, policy.entry_loss, lam, near)
+            tables = b"".join(stopping.signature(t) for _, t in sorted(policy.tables.items()))
+            return tables + stopping.decide_entries(values).tobytes()
 
         changes += stopping.breakpoints(signature, lo, hi, n_grid=60)
     changes.sort()
