@@ -812,9 +812,10 @@ def decision_table(
                 if k == 0 and v == stopping.SEQUENTIAL:
                     continue  # never reached: stage 0 verifies nothing
                 edges = np.concatenate([[0.0], model.beliefs.edges[k, v], [1.0]])
-                for b in range(model.n_bins):
-                    if counts[k, v, b] == 0:
-                        continue
+                present = [b for b in range(model.n_bins) if counts[k, v, b] > 0]
+                # a bin reaches up to the next bin that holds inputs: no gaps for empty ones
+                upper = {b: edges[n] for b, n in zip(present, present[1:], strict=False)}
+                for b in present:
                     j, fresh = int(table.action[k, v, b]), bool(table.restart[k, v, b])
                     action = (
                         "stop"
@@ -828,7 +829,7 @@ def decision_table(
                             "view": stopping.VIEW_NAMES[v],
                             "bin": b,
                             "p_low": float(edges[b]),
-                            "p_high": float(min(edges[b + 1], 1.0)),
+                            "p_high": float(min(upper.get(b, 1.0), 1.0)),
                             "n_held_out": int(counts[k, v, b]),
                             "action": action,
                         }

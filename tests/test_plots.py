@@ -664,3 +664,26 @@ def test_notebook_05_is_thin_and_committed_without_outputs() -> None:
     assert not any("def " in "".join(c["source"]) for c in code)
     source = "".join(params[0]["source"])
     assert 'reports_dir = "reports/runs/smoke"' in source and 'headline_method = "dp"' in source
+
+
+def test_decision_boundaries_draw_every_state_and_the_entry() -> None:
+    decisions = pd.DataFrame(
+        {
+            "lam": [0.1, 0.1, 1.0, 1.0, 0.1, 0.1, 1.0, 1.0],
+            "stage": ["s0", "s0", "s0", "s0", "entry", "entry", "entry", "entry"],
+            "view": ["direct"] * 4 + [""] * 4,
+            "bin": [0, 1, 0, 1, 0, 1, 0, 1],
+            "p_low": [0.0, 0.4, 0.0, 0.4, np.nan, np.nan, np.nan, np.nan],
+            "p_high": [0.4, 1.0, 0.4, 1.0, np.nan, np.nan, np.nan, np.nan],
+            "n_held_out": [5, 5, 5, 5, 9, 1, 2, 8],
+            "action": ["stop", "stop", "restart → s1", "stop", "enter s0", "enter s1"] * 1
+            + ["enter s0", "enter s1"],
+        }
+    )
+    fig = plots.decision_boundaries(decisions)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles[:2] == ["after s0 (direct)", "entry (held-out inputs)"]
+    text = _texts(fig)
+    assert "restart → s1" in text and "stop" in text and "enter s1" in text
+    with pytest.raises(plots.AnalysisError, match="lacks column"):
+        plots.decision_boundaries(decisions.drop(columns=["p_low"]))

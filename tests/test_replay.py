@@ -378,3 +378,17 @@ def test_a_budget_missing_in_one_fold_is_missing_for_the_whole_seed() -> None:
         ("dp", 1.0, 1),
         ("dp", 1.0, 1),
     ]
+
+
+def test_decision_table_covers_every_reached_state_and_the_entry(
+    model: adaptive.PolicyModel,
+) -> None:
+    table = adaptive.decision_table(model, [0.1, 3.0], ["a", "b", "c"])
+    states = table[table["stage"] != "entry"]
+    assert set(states["stage"]) == {"a", "b"}  # the last stage only stops
+    assert ("a", "sequential") not in set(zip(states["stage"], states["view"], strict=True))
+    assert (states["p_low"] < states["p_high"]).all()
+    assert set(states["action"]) <= {"stop", "continue → b", "continue → c", "restart → b",
+                                     "restart → c"}  # fmt: skip
+    entry = table[table["stage"] == "entry"]
+    assert (entry.groupby("lam")["n_held_out"].sum() == model.held_out.n).all()

@@ -661,11 +661,13 @@ def decision_boundaries(decisions: pd.DataFrame) -> Figure:
                 for lam in lams
             ]
         )
+        # one step per λ over the span it owns, edge to edge
+        xs = np.concatenate([left, right[-1:]])
         ax.fill_between(
-            lams,
-            bottom,
-            bottom + share,
-            step="mid",
+            xs,
+            np.append(bottom, bottom[-1]),
+            np.append(bottom + share, (bottom + share)[-1]),
+            step="post",
             color=pal[(i + 5) % len(pal)],
             label=name,
             lw=0,
