@@ -753,39 +753,40 @@ def decision_overhead(
 
 
 def cost_table(model: PolicyModel, stage_names: Sequence[str]) -> pd.DataFrame:
-    """Mean costs of every move, seconds and relative to the deepest stage alone.
+    """Mean costs of every move relative to the deepest stage alone, pooled and per task.
 
     Continuing is shown as its mean over belief bins weighted by the held-out inputs in them,
     beside restarting (running the deeper stage from scratch), so the two can be compared.
+    Seconds are given for the pooled rows (each task has its own unit).
     """
     K = model.n_stages
     unit = float(model.scratch_s[-1]) / float(model.costs.scratch[-1])
     counts = np.asarray(model.beliefs.counts)
     rows = []
-    for j in range(K):
-        rows.append(
-            {
-                "origin": "from scratch",
-                "to": stage_names[j],
-                "move": "scratch",
-                "seconds": float(model.scratch_s[j]),
-                "cost_rel": float(model.costs.scratch[j]),
+    for task, costs in [("all", model.costs), *sorted(model.task_costs.items())]:
+        seconds = unit if task == "all" else math.nan
+
+        def row(
+            origin: str, to: str, move: str, rel: float, task: str = task, seconds: float = seconds
+        ) -> dict[str, Any]:
+            return {
+                "task": task,
+                "origin": origin,
+                "to": to,
+                "move": move,
+                "seconds": rel * seconds,
+                "cost_rel": rel,
             }
-        )
-    for k in range(K):
-        for j in range(k + 1, K):
+
+        for j in range(K):
+            rows.append(row("from scratch", stage_names[j], "scratch", float(costs.scratch[j])))
+        for k in range(K):
             w = counts[k, stopping.DIRECT] / max(counts[k, stopping.DIRECT].sum(), 1)
-            resume = float(model.costs.resume[k, stopping.DIRECT, j] @ w)
-            for move, rel in (("continue", resume), ("restart", float(model.costs.scratch[j]))):
-                rows.append(
-                    {
-                        "origin": f"escalate from {stage_names[k]}",
-                        "to": stage_names[j],
-                        "move": move,
-                        "seconds": rel * unit,
-                        "cost_rel": rel,
-                    }
-                )
+            for j in range(k + 1, K):
+                origin = f"escalate from {stage_names[k]}"
+                resume = float(costs.resume[k, stopping.DIRECT, j] @ w)
+                rows.append(row(origin, stage_names[j], "continue", resume))
+                rows.append(row(origin, stage_names[j], "restart", float(costs.scratch[j])))
     return pd.DataFrame(rows)
 
 

@@ -193,10 +193,10 @@ def test_decision_overhead_and_cost_table(gens: pd.DataFrame, model: adaptive.Po
     over = adaptive.decision_overhead(model, 1.0, test, repeats=1)
     assert list(over["step"])[-1] == "total per decision" and (over["median_us"] > 0).all()
     table = adaptive.cost_table(model, ["a", "b", "c"])
-    assert table[(table.origin == "from scratch") & (table.to == "c")][
-        "cost_rel"
-    ].item() == pytest.approx(1.0)
-    both = table[table.origin == "escalate from a"]
+    deepest = table[(table.origin == "from scratch") & (table.to == "c")]
+    np.testing.assert_allclose(deepest["cost_rel"], 1.0)  # pooled and every task's own unit
+    assert set(table["task"]) == {"all", *model.task_costs}
+    both = table[(table.task == "all") & (table.origin == "escalate from a")]
     assert set(both["move"]) == {"continue", "restart"} and len(both) == 4
 
 
