@@ -25,6 +25,35 @@ from asd_core.models.base import GenerationParams
 from asd_core.models.registry import load_backend
 from asd_core.pipeline import Pipeline, Request
 
+# one row per (λ, input) of the online check
+ONLINE_COLUMNS = (
+    "lam",
+    "item_id",
+    "task",
+    "online_path",
+    "replay_path",
+    "online_depth",
+    "replay_depth",
+    "depth_agrees",
+    "path_agrees",
+    "online_s",
+    "replay_s",
+    "decision_s",
+    "output_equals_cached",
+)
+AGREEMENT_COLUMNS = (
+    "lam",
+    "inputs",
+    "depth_agreement",
+    "path_agreement",
+    "outputs_equal_cached",
+    "online_s",
+    "replay_s",
+    "distinct_paths",
+    "escalations",
+    "online_over_replay",
+)
+
 
 def pick_inputs(test_df: pd.DataFrame, n: int, seed: int) -> list[str]:
     """``n`` test item ids (all when fewer), a seeded sample in sorted order."""
@@ -112,7 +141,7 @@ def confirm(
     """
     K = len(stages)
     if not candidate_lambdas or n_inputs == 0 or n_lambdas == 0:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=list(ONLINE_COLUMNS))
     ids = pick_inputs(test_df, n_inputs, seed)
     sub = test_df[test_df["item_id"].isin(ids)]
     data = ReplayData.from_frame(sub, K, label_mode)
@@ -126,7 +155,7 @@ def confirm(
             len(candidate_lambdas),
             data.n,
         )
-        return pd.DataFrame()
+        return pd.DataFrame(columns=list(ONLINE_COLUMNS))
     outputs = {(r.item_id, r.stage): list(r.token_ids) for r in sub.itertuples()}
     requests = requests_for(manifest, data_dir, data.item_ids)
     backends = [load_backend(s, models_dir) for s in stages]
@@ -160,11 +189,14 @@ def confirm(
     finally:
         for b in backends:
             b.close()
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(ONLINE_COLUMNS))
 
 
 def agreement_summary(online: pd.DataFrame) -> pd.DataFrame:
-    """Per λ: decision agreement, output identity, and the latency gap online ÷ replayed."""
+    """Per λ: decision agreement, output identity, the latency gap online ÷ replayed, and how
+    varied the decisions were (distinct paths, escalations); no rows when nothing ran."""
+    if online.empty:
+        return pd.DataFrame(columns=list(AGREEMENT_COLUMNS))
     return (
         online.groupby("lam")
         .agg(
