@@ -439,23 +439,6 @@ def predictions(predictor: QualityPredictor, df: pd.DataFrame, n_stages: int) ->
     )
 
 
-def belief_table(
-    predictor: QualityPredictor,
-    prior: np.ndarray,
-    risk: RiskSettings,
-    df: pd.DataFrame,
-    n_stages: int,
-    with_previous: bool = True,
-) -> np.ndarray:
-    """(N, K) adjusted beliefs of every input after every stage, items sorted.
-
-    ``with_previous`` False blanks the verification feature (the stage was entered directly or
-    by a skip, so it never verified y_{k−1}).
-    """
-    view = stopping.SEQUENTIAL if with_previous else stopping.DIRECT
-    return predictions(predictor, df, n_stages).beliefs(prior, risk)[view]
-
-
 def entry_predictions(
     predictor: QualityPredictor, df: pd.DataFrame, n_stages: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -66,23 +66,13 @@ SINGLE_POINTS = (
 
 # Display order of methods in tables and legends; unknown names follow, sorted.
 _ORDER = (
-    "oracle_router",
-    "oracle_router_quality",
-    "oracle_cascade",
-    "draft_verify_deepest",
+    *SINGLE_POINTS,
     "dp",
     "static_cascade",
     "router",
     BEST_PAIR,
     "random",
-    "dp_no_risk",
-    "dp_no_predictor",
-    "dp_no_smoothing",
-    "dp_size_costs",
-    "dp_no_restart",
-    "dp_myopic",
-    "dp_sequential",
-    "dp_per_input",
+    *ABLATIONS[1:],  # the DP itself is listed above
 )
 
 _LABELS = {
