@@ -83,7 +83,7 @@ install_packages() {
   fi
   check_cpu_torch
   if [ "$resolve" = lock ]; then
-    "$PY" -m asd_core.dependencies check "$LOCK" || die "the environment is not $LOCK"
+    "$PY" -m asd_core.ground.dependencies check "$LOCK" || die "the environment is not $LOCK"
   fi
   "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null
   rm -f "$VENV"/.asd-setup-*
@@ -95,7 +95,7 @@ lock() {  # re-resolve both locks from pyproject.toml with pip-compile (pip-tool
   install_packages
   local options=("$@")
   [ ${#options[@]} -gt 0 ] || options=(--upgrade)
-  "$PY" -m asd_core.dependencies lock "${options[@]}"
+  "$PY" -m asd_core.ground.dependencies lock "${options[@]}"
   say "locks written: review 'git diff requirements*.lock', then run ./run_all.sh test"
 }
 
@@ -126,11 +126,11 @@ setup() {  # $1: profile or "test"
 run_tests() {
   setup test
   say "package versions"
-  "$PY" -m asd_core.dependencies versions
+  "$PY" -m asd_core.ground.dependencies versions
   say "lint, format and type checks"
   "$VENV/bin/ruff" check .
   "$VENV/bin/ruff" format --check .
-  "$VENV/bin/mypy" asd_core
+  "$VENV/bin/mypy" asd_core benchmarks
   say "pytest (default run excludes slow tests; add '-m slow' for them)"
   # nbval runs every notebook with its own (smoke) defaults, in order: 02 writes the smoke
   # generations that 03 and 04 read, 04 the results that 05 analyses
@@ -144,9 +144,9 @@ run_profile() {  # $1: profile
   local profile="$1"
   [ -f "params/$profile.yaml" ] || die "params/$profile.yaml not found (profiles: smoke, cpu, cpu-large, paper)"
   setup "$profile"
-  "$PY" -m asd_core.config params/base.yaml "params/$profile.yaml"
-  "$PY" -m asd_core.runner --profile "$profile" "${NOTEBOOKS[@]}"
-  "$PY" -m asd_core.report_index --reports reports
+  "$PY" -m asd_core.ground.config params/base.yaml "params/$profile.yaml"
+  "$PY" -m asd_core.reporting.notebooks --profile "$profile" "${NOTEBOOKS[@]}"
+  "$PY" -m asd_core.reporting.index --reports reports
   say "done: open reports/index.html"
 }
 

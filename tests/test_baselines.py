@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asd_core import baselines as bl
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import GenerationParams
+from benchmarks import spec_decode as bl
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [40, 41, 42, 43], list(range(60, 90))]
 N_NEW = 24

@@ -19,7 +19,7 @@ from asd_core.data.__main__ import main as cli_main
 from asd_core.data.loaders import load_task, parse_hub_id
 from asd_core.data.splits import SPLITS, check_fractions, mix, select, split_counts, split_of
 from asd_core.data.tasks import LETTERS, TASKS, Item, gold_answer
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 from asd_core.models.common import hit_stop_string
 
 EXPECTED = {"mmlu": 14_042, "humaneval": 164, "asdiv": 2_305, "truthfulqa": 817}

@@ -28,12 +28,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asd_core import datagen
-from asd_core.config import StageConfig
 from asd_core.data import Item, select, split_of
-from asd_core.errors import AsdError
-from asd_core.features import FeatureSet, StageView
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
+from asd_core.learning.features import FeatureSet, StageView
 from asd_core.models.registry import load_backend
+from asd_core.runs import datagen
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = (
@@ -304,7 +304,7 @@ def test_shards_hold_one_task_and_tasks_take_turns(reference: Reference) -> None
 
 def test_manifest_gives_the_online_requests(reference: Reference) -> None:
     """eval.online rebuilds the pipeline requests from the manifest alone."""
-    from asd_core.eval.online import requests_for
+    from asd_core.runs.online import requests_for
 
     manifest = datagen.read_manifest(datagen.generations_dir(reference.data_dir, "test"))
     assert manifest is not None
@@ -393,7 +393,7 @@ def test_kill_and_resume_gives_identical_rows(
         command = [
             sys.executable,
             "-m",
-            "asd_core.datagen",
+            "asd_core.runs.datagen",
             str(spec_path),
             "--data-dir",
             str(data_dir),
@@ -488,7 +488,7 @@ def test_folder_of_another_profile_is_refused(
         encoding="utf-8",
     )
     done = subprocess.run(
-        [sys.executable, "-m", "asd_core.datagen", str(spec), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "asd_core.runs.datagen", str(spec), "--data-dir", str(data_dir)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from asd_core import dependencies as deps
-from asd_core.errors import AsdError
+from asd_core.ground import dependencies as deps
+from asd_core.ground.errors import AsdError
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
@@ -99,7 +99,7 @@ def test_check_exits_non_zero_with_one_line_on_drift(tmp_path: Path) -> None:
     lock = tmp_path / "x.lock"
     lock.write_text("numpy==0.0.1 \\\n    --hash=sha256:ab\n")
     run = subprocess.run(
-        [sys.executable, "-m", "asd_core.dependencies", "check", str(lock)],
+        [sys.executable, "-m", "asd_core.ground.dependencies", "check", str(lock)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from asd_core import features as fe
-from asd_core.bench_features import synthetic_frame
-from asd_core.errors import AsdError
-from asd_core.features import FeatureSet, StageView
+from asd_core.ground.errors import AsdError
+from asd_core.learning import features as fe
+from asd_core.learning.features import FeatureSet, StageView
 from asd_core.models.base import Generation
+from benchmarks.features import synthetic_frame
 
 LOG = np.log  # readability: log-probabilities written as LOG(p)
 
@@ -278,7 +278,7 @@ def test_extract_is_fast():
 
 
 def test_benchmark_runs_and_reports_each_step():
-    from asd_core.bench_features import run
+    from benchmarks.features import run
 
     result = run(repeats=5, n_in=64, n_out=16, n_members=1)
     assert set(result) == {

@@ -19,8 +19,8 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from asd_core.config import StageConfig  # noqa: E402
-from asd_core.errors import AsdError  # noqa: E402
+from asd_core.ground.config import StageConfig  # noqa: E402
+from asd_core.ground.errors import AsdError  # noqa: E402
 from asd_core.models import llamacpp  # noqa: E402
 from asd_core.models.base import Backend, GenerationParams  # noqa: E402
 from asd_core.models.common import chat_prompt_ids
@@ -551,7 +551,7 @@ def test_qwen_agrees_with_transformers_float32(qwen, models_dir: Path) -> None:
 
 @pytest.mark.integration
 def test_next_logprobs_match_scoring_and_a_one_letter_choice(smol) -> None:
-    from asd_core.choice import choose, option_token_ids
+    from asd_core.decoding.choice import choose, option_token_ids
 
     letters = ("A", "B", "C", "D")
     ids = option_token_ids(smol.tokenizer, letters)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asd_core.eval.metrics import (
+from asd_core.data.sandbox import SandboxLimits
+from asd_core.data.scoring import (
     MetricsError,
     TaskScore,
     answer_key,
@@ -40,7 +41,6 @@ from asd_core.eval.metrics import (
     text_key,
     text_similarity,
 )
-from asd_core.eval.sandbox import SandboxLimits
 
 # ------------------------------------------------------------------------------------ MMLU ---
 

@@ -12,8 +12,8 @@ from asd_core.data import packages, pools
 from asd_core.data.__main__ import main as cli_main
 from asd_core.data.packages import DataPackage, PackagedFile
 from asd_core.data.tasks import get_task
-from asd_core.errors import AsdError
-from asd_core.models.assets import sha256_file
+from asd_core.ground.errors import AsdError
+from asd_core.ground.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,12 +17,11 @@ from hypothesis import strategies as st
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
-from asd_core import calibration as cal
-from asd_core import features as fe
-from asd_core.bench_features import synthetic_frame
-from asd_core.errors import AsdError
-from asd_core.features import FeatureSet, StageView
-from asd_core.predictor import (
+from asd_core.ground.errors import AsdError
+from asd_core.learning import calibration as cal
+from asd_core.learning import features as fe
+from asd_core.learning.features import FeatureSet, StageView
+from asd_core.learning.predictor import (
     Calibration,
     QualityPredictor,
     Split,
@@ -33,6 +32,7 @@ from asd_core.predictor import (
     meta_path,
     train_predictor,
 )
+from benchmarks.features import synthetic_frame
 from tests.tolerance import F32_ULPS, ulps
 
 SMALL = TrainConfig(n_members=3, max_epochs=25, patience=5, batch_size=64)
@@ -361,7 +361,7 @@ def test_config_from_params_and_non_finite_features(frames):
 
 
 def test_calibration_is_kept_only_where_it_lowers_held_out_ece() -> None:
-    from asd_core.predictor import fit_stage_calibration
+    from asd_core.learning.predictor import fit_stage_calibration
 
     rng = np.random.default_rng(0)
     truth = rng.random(4000)

@@ -11,13 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from asd_core import adaptive, policies, stats, stopping
-from asd_core.bench_features import synthetic_frame
 from asd_core.data.splits import fold_of
-from asd_core.errors import AsdError
-from asd_core.eval import replay, runner
-from asd_core.features import FeatureSet, StageView
-from asd_core.predictor import TrainConfig, train_predictor
+from asd_core.decoding import protocol
+from asd_core.ground import stats, stopping
+from asd_core.ground.errors import AsdError
+from asd_core.learning.features import FeatureSet, StageView
+from asd_core.learning.predictor import TrainConfig, train_predictor
+from asd_core.policy import adaptive, baselines
+from asd_core.runs import evaluate, replay
+from benchmarks.features import synthetic_frame
 
 K = 3
 SPLITS = ("train", "calibration", "test")
@@ -77,18 +79,18 @@ def test_replay_data_and_fixed_strategies(gens: pd.DataFrame) -> None:
     assert data.scratch_s.shape == (data.n, K) and data.escalate_s.shape == (data.n, K, K)
     assert np.isnan(data.escalate_s[:, 1, 0]).all() and (data.escalate_s[:, 0, 2] > 0).all()
     for k in range(K):
-        r = replay.simulate(data, policies.StageAlone(k, K))
+        r = replay.simulate(data, baselines.StageAlone(k, K))
         np.testing.assert_allclose(r.cost_s, data.scratch_s[:, k])
         np.testing.assert_array_equal(r.quality, data.quality[:, k])
-    cheapest = policies.cheapest_acceptable(data.label).tolist()
+    cheapest = baselines.cheapest_acceptable(data.label).tolist()
     labels = dict(zip(data.item_ids, cheapest, strict=True))
-    router = replay.simulate(data, policies.OracleRouter(labels, K))
-    cascade = replay.simulate(data, policies.OracleCascade(labels, K))
+    router = replay.simulate(data, baselines.OracleRouter(labels, K))
+    cascade = replay.simulate(data, baselines.OracleCascade(labels, K))
     np.testing.assert_array_equal(router.depth, cascade.depth)
     np.testing.assert_allclose(router.cost_s, data.scratch_s[np.arange(data.n), router.depth])
     assert all(p == tuple(range(d + 1)) for p, d in zip(cascade.paths, cascade.depth, strict=True))
     # a cascade's cost is the first stage plus each continuation
-    two = replay.simulate(data, policies.FixedDepth(2, K, start=1))
+    two = replay.simulate(data, baselines.FixedDepth(2, K, start=1))
     np.testing.assert_allclose(two.cost_s, data.scratch_s[:, 1] + data.escalate_s[:, 1, 2])
 
 
@@ -100,7 +102,7 @@ def test_a_restart_costs_the_deeper_stage_from_scratch(gens: pd.DataFrame) -> No
             return [0] * len(requests)
 
         def next_stage(self, stage, paths):
-            return [policies.Move(2, True) if stage == 0 else None for _ in paths]
+            return [protocol.Move(2, True) if stage == 0 else None for _ in paths]
 
     data = replay.ReplayData.from_frame(gens[gens["split"] == "test"], K, "answer")
     r = replay.simulate(data, Restart())
@@ -110,7 +112,7 @@ def test_a_restart_costs_the_deeper_stage_from_scratch(gens: pd.DataFrame) -> No
 
 def test_random_mixing_draws_the_same_inputs_in_replay_and_online(gens: pd.DataFrame) -> None:
     data = replay.ReplayData.from_frame(gens[gens["split"] == "test"], K, "answer")
-    mix = policies.RandomMixing([0.5, 0.0, 0.5], seed=3)
+    mix = baselines.RandomMixing([0.5, 0.0, 0.5], seed=3)
     replayed = replay.simulate(data, mix)
     online = mix.entry([replay.ReplayInput(i, "qa") for i in data.item_ids])
     np.testing.assert_array_equal(replayed.depth, online)
@@ -155,7 +157,7 @@ def test_adaptive_policy_decides_from_live_features_like_its_replay(
             out = []
             for t in paths:
                 r = dict(rows[t.request.item_id, stage])
-                if policies.view_of(t.runs[-1]) != stopping.SEQUENTIAL:
+                if protocol.view_of(t.runs[-1]) != stopping.SEQUENTIAL:
                     r["accepted_frac_prev"] = np.nan
                 out.append(model.predictor.predict_view(StageView.from_row(r)))
             mean, var = zip(*out, strict=True)
@@ -209,14 +211,14 @@ def test_evaluate_produces_every_method_and_summarises(
         seen.append((set(train["item_id"]), set(cal["item_id"])))
         return train_predictor(train, cal, *args, **kw)
 
-    monkeypatch.setattr(runner, "train_predictor", recording)
-    settings = runner.EvalSettings(
+    monkeypatch.setattr(evaluate, "train_predictor", recording)
+    settings = evaluate.EvalSettings(
         lambdas=(0.1, 10.0),
         seeds=(1, 2),
         train=TrainConfig(max_epochs=10, patience=3, n_members=2),
         folds=3,
     )
-    results, info = runner.evaluate(gens, settings, K, progress=False)
+    results, info = evaluate.evaluate(gens, settings, K, progress=False)
     n_items = gens["item_id"].nunique()
     methods = set(results["method"])
     expected = {"stage_0", "stage_2", "oracle_router", "oracle_cascade", "oracle_router_quality",
@@ -249,10 +251,10 @@ def test_evaluate_produces_every_method_and_summarises(
 def test_evaluate_refuses_missing_calibration_rows_and_empty_folds(gens: pd.DataFrame) -> None:
     no_cal = gens[gens["split"] != "calibration"]
     with pytest.raises(AsdError, match="no 'calibration' rows"):
-        runner.evaluate(no_cal, runner.EvalSettings((1.0,), (1,)), K, progress=False)
+        evaluate.evaluate(no_cal, evaluate.EvalSettings((1.0,), (1,)), K, progress=False)
     one_item = gens[gens["item_id"] == gens["item_id"].iloc[0]]
     with pytest.raises(AsdError, match="eval_folds: fold"):
-        runner.evaluate(one_item, runner.EvalSettings((1.0,), (1,), folds=2), K, progress=False)
+        evaluate.evaluate(one_item, evaluate.EvalSettings((1.0,), (1,), folds=2), K, progress=False)
 
 
 # -- costs from the fitted cost model ------------------------------------------------------------
@@ -329,14 +331,14 @@ def test_pool_prompts_train_every_fold_and_are_never_evaluated(
         seen.append(set(train["item_id"]))
         return train_predictor(train, cal, *args, **kw)
 
-    monkeypatch.setattr(runner, "train_predictor", recording)
-    settings = runner.EvalSettings(
+    monkeypatch.setattr(evaluate, "train_predictor", recording)
+    settings = evaluate.EvalSettings(
         lambdas=(1.0,),
         seeds=(1,),
         train=TrainConfig(max_epochs=5, patience=2, n_members=1),
         folds=2,
     )
-    results, _ = runner.evaluate(with_pool, settings, K, progress=False)
+    results, _ = evaluate.evaluate(with_pool, settings, K, progress=False)
     pool_ids = set(renamed.values())
     assert not pool_ids & set(results["item_id"])
     assert results["item_id"].nunique() == gens["item_id"].nunique() - len(pool_ids)
@@ -346,7 +348,7 @@ def test_pool_prompts_train_every_fold_and_are_never_evaluated(
 def test_online_check_runs_only_where_the_policy_is_not_constant(
     gens: pd.DataFrame, model: adaptive.PolicyModel
 ) -> None:
-    from asd_core.eval import online
+    from asd_core.runs import online
 
     test = gens[gens["split"] == "test"]
     data = replay.ReplayData.from_frame(test, K, "answer")
@@ -370,7 +372,7 @@ def test_a_budget_missing_in_one_fold_is_missing_for_the_whole_seed() -> None:
         }
     )
     missing = [{"method": "router", "budget": 0.3, "fold": 1, "seed": 1}]
-    kept = runner._drop_partial_points(results, missing)
+    kept = evaluate._drop_partial_points(results, missing)
     assert list(zip(kept["method"], kept["lam"], kept["seed"], strict=True)) == [
         ("router", 0.3, 2),
         ("router", 0.6, 1),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from asd_core import config, dependencies, reporting
+from asd_core.ground import config, dependencies, files, provenance
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = [REPO / "params" / "base.yaml", REPO / "params" / "smoke.yaml"]
@@ -29,15 +29,15 @@ def _head() -> str | None:
 
 
 def test_repo_path_anchors_relative_paths_at_the_repo_root(tmp_path: Path) -> None:
-    assert reporting.REPO_ROOT == REPO
-    assert (reporting.REPO_ROOT / "pyproject.toml").is_file()
-    assert reporting.repo_path("reports/tables") == REPO / "reports" / "tables"
-    assert reporting.repo_path(tmp_path) == tmp_path
+    assert files.REPO_ROOT == REPO
+    assert (files.REPO_ROOT / "pyproject.toml").is_file()
+    assert files.repo_path("reports/tables") == REPO / "reports" / "tables"
+    assert files.repo_path(tmp_path) == tmp_path
 
 
 def test_provenance_records_commit_digest_seed_versions_hardware() -> None:
     params = config.load(PARAMS)
-    prov = reporting.provenance(params, 7, notebook="01_profiling")
+    prov = provenance.provenance(params, 7, notebook="01_profiling")
     head = _head()
     if head:
         assert prov["git_commit"] == head
@@ -63,18 +63,18 @@ def test_provenance_records_commit_digest_seed_versions_hardware() -> None:
 def test_params_digest_of_a_dict_matches_and_is_sensitive() -> None:
     params = config.load(PARAMS)
     as_dict = {**params.model_dump(), "stages": params.stages}  # StageConfig objects inside
-    assert reporting.params_digest(as_dict) == params.digest()
-    assert reporting.params_digest({**as_dict, "seed": 1}) != params.digest()
+    assert provenance.params_digest(as_dict) == params.digest()
+    assert provenance.params_digest({**as_dict, "seed": 1}) != params.digest()
     subset = config.validate_subset(seed=0, stages=[s.model_dump() for s in params.stages])
-    assert reporting.params_digest(subset) == reporting.params_digest(dict(subset))
+    assert provenance.params_digest(subset) == provenance.params_digest(dict(subset))
 
 
 def test_provenance_tolerates_no_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(reporting, "REPO_ROOT", tmp_path)  # not a repository
-    prov = reporting.provenance({"seed": 0}, 0)
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)  # not a repository
+    prov = provenance.provenance({"seed": 0}, 0)
     assert prov["git_commit"] is None and prov["git_dirty"] is None
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable at all
-    assert reporting.provenance({"seed": 0}, 0)["git_commit"] is None
+    assert provenance.provenance({"seed": 0}, 0)["git_commit"] is None
 
 
 def test_rewritten_reports_do_not_make_the_tree_dirty(
@@ -89,22 +89,22 @@ def test_rewritten_reports_do_not_make_the_tree_dirty(
     (tmp_path / "code.py").write_text("x = 1\n")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    monkeypatch.setattr(reporting, "REPO_ROOT", tmp_path)
-    assert reporting.provenance({"seed": 0}, 0)["git_dirty"] is False
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
+    assert provenance.provenance({"seed": 0}, 0)["git_dirty"] is False
     (tmp_path / "reports" / "t.csv").write_text("a\n2\n")  # a run rewrote a committed table
     (tmp_path / "reports" / "new.png").write_bytes(b"png")
-    assert reporting.provenance({"seed": 0}, 0)["git_dirty"] is False
+    assert provenance.provenance({"seed": 0}, 0)["git_dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")  # the code is not what was committed
-    assert reporting.provenance({"seed": 0}, 0)["git_dirty"] is True
+    assert provenance.provenance({"seed": 0}, 0)["git_dirty"] is True
 
 
 def test_write_table_is_atomic_and_has_a_sidecar(tmp_path: Path) -> None:
     df = pd.DataFrame({"stage": ["a", "b"], "a_s": [0.5, 1.25]})
-    prov = reporting.provenance({"seed": 3, "profile": "smoke"}, 3)
-    path = reporting.write_table(df, tmp_path / "tables" / "cost.csv", prov)
+    prov = provenance.provenance({"seed": 3, "profile": "smoke"}, 3)
+    path = provenance.write_table(df, tmp_path / "tables" / "cost.csv", prov)
     assert sorted(p.name for p in path.parent.iterdir()) == ["cost.csv", "cost.csv.provenance.json"]
     pd.testing.assert_frame_equal(pd.read_csv(path), df)
-    side = json.loads(reporting.sidecar_path(path).read_text())
+    side = json.loads(provenance.sidecar_path(path).read_text())
     assert side["seed"] == 3
     assert side["params_digest"] == prov["params_digest"]
     assert side["git_commit"] == prov["git_commit"]
@@ -116,22 +116,22 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "x.txt"
-    reporting.atomic_write_text(target, "old\n")
+    files.atomic_write_text(target, "old\n")
 
     def broken_replace(src: str, dst: str) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        reporting.atomic_write_text(target, "new\n")
+        files.atomic_write_text(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
 def test_atomic_write_text_creates_folders_and_overwrites(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "c.txt"
-    reporting.atomic_write_text(target, "één\n")
-    reporting.atomic_write_text(target, "two\n")
+    files.atomic_write_text(target, "één\n")
+    files.atomic_write_text(target, "two\n")
     assert target.read_text(encoding="utf-8") == "two\n"
     assert [p.name for p in target.parent.iterdir()] == ["c.txt"]
 
@@ -142,7 +142,7 @@ def test_save_figure_writes_png_and_sidecar(tmp_path: Path) -> None:
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     try:
-        path = reporting.save_figure(fig, tmp_path / "fig.png", reporting.provenance({}, 11))
+        path = provenance.save_figure(fig, tmp_path / "fig.png", provenance.provenance({}, 11))
     finally:
         plt.close(fig)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -151,7 +151,7 @@ def test_save_figure_writes_png_and_sidecar(tmp_path: Path) -> None:
 
 
 def test_run_log_states_each_stages_measured_speed(tmp_path: Path) -> None:
-    from asd_core import runlog
+    from asd_core.ground.provenance import runlog
 
     assert runlog.stage_speeds(tmp_path / "missing.csv") == []
     csv = tmp_path / "cost_model.csv"
@@ -176,7 +176,7 @@ def test_run_log_states_each_stages_measured_speed(tmp_path: Path) -> None:
 def test_a_resumed_run_keeps_the_earlier_attempts_of_the_same_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asd_core import runlog
+    from asd_core.ground.provenance import runlog
 
     env = {"git_commit": "abc", "git_dirty": False, "params_digest": "p1", "hardware": {}}
     monkeypatch.setattr(runlog, "provenance", lambda *a, **k: dict(env))

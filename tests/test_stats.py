@@ -1,4 +1,4 @@
-"""Tests of asd_core.stats on hand-made cases, synthetic evaluation tables and properties."""
+"""Tests of asd_core.ground.stats on hand-made cases, synthetic evaluation tables and properties."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from asd_core.errors import AsdError
-from asd_core.stats import (
+from asd_core.ground.errors import AsdError
+from asd_core.ground.stats import (
     bootstrap_ci,
     cost_at_quality,
     curve_summary,

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from asd_core import stopping
-from asd_core.errors import AsdError
-from asd_core.stopping import (
+from asd_core.ground import stopping
+from asd_core.ground.errors import AsdError
+from asd_core.ground.stopping import (
     DIRECT,
     DP,
     MYOPIC,

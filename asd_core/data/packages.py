@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from asd_core.errors import AsdError
-from asd_core.models.assets import pip_download, sha256_file
-from asd_core.models.common import atomic_dir
+from asd_core.ground.errors import AsdError
+from asd_core.ground.files import atomic_dir, pip_download, sha256_file
 
 
 @dataclass(frozen=True)

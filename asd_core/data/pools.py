@@ -44,7 +44,7 @@ from typing import Any
 from asd_core.data import loaders, packages
 from asd_core.data.splits import POOL_ID_PREFIX, unit_hash
 from asd_core.data.tasks import LETTERS, TASK_FAMILIES, TASKS, Item, get_task
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 
 Row = Mapping[str, Any]
 PACKAGED = "package"  # Pool.source of a pool whose files ship in POOL_PACKAGES

@@ -15,7 +15,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from asd_core.data.tasks import Item
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 
 Split = Literal["train", "calibration", "test"]
 SPLITS: tuple[Split, ...] = get_args(Split)

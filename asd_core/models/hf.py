@@ -30,8 +30,8 @@ from transformers import (
     LogitsProcessorList,
 )
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,

@@ -48,8 +48,8 @@ import llama_cpp
 import numpy as np
 from transformers import AutoTokenizer
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import (
     VERIFY_BLOCK,
     Generation,

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,

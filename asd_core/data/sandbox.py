@@ -1,0 +1,777 @@
+"""Run untrusted Python (HumanEval completions and their tests) in a throwaway sandbox (DESIGN §12).
+
+:func:`run_python` writes the program into a fresh temporary folder, runs it in a separate
+``python -I -B`` process, then kills whatever is left and deletes the folder. A small *bootstrap*
+interpreter starts first, confines itself, and only then execs the program, so every limit
+is in place before the first line of untrusted code runs. The bootstrap takes the strongest
+isolation the kernel grants and reports what it got; :attr:`SandboxResult.isolation` records it
+as a ``+``-joined list of:
+
+- ``netns``, ``mountns``, ``pidns``, ``ipcns``: fresh Linux namespaces. A new network namespace
+  has only a loopback device, and it is down, so every connection fails, localhost included. The
+  mount namespace sees the host file system read-only, gets a size-capped tmpfs as its working
+  folder (the disk quota) and, when the interpreter lives under a folder other users cannot
+  enter (such as root's home), sees only the interpreter's own folder there. The program runs
+  under a small init in its own PID namespace: when it ends, the kernel kills everything it
+  started, even processes that left its session. ``procfs``: a /proc showing only those.
+  Root gets the namespaces directly; other users inside a user namespace (``userns``) when the
+  kernel allows unprivileged ones.
+- ``uid``: a parent running as root runs the program as a random unused uid, so the program can
+  change nothing of the host's and ``RLIMIT_NPROC`` counts only its own processes (root is
+  exempt from that limit; inside a user namespace the count is per namespace as well).
+- ``socket-guard``: the fallback without a network namespace. Socket creation is replaced before
+  the program starts (``PermissionError`` for every family but ``AF_UNIX``). That stops ordinary
+  code, not a determined attacker (``ctypes`` or a ``curl`` subprocess get past it), and without
+  a mount namespace the disk is bounded per file only.
+- ``rlimits``: always. CPU seconds, address space, file size, open files, process count, no core
+  dumps; plus ``no_new_privs`` so set-uid programs grant nothing.
+
+When namespaces cannot be set up, ``isolation="auto"`` retries once with the fallback. Root
+with neither namespaces nor an interpreter other users can run has no way to bound its process
+count, so the run is refused (status ``error``) rather than run unconfined.
+
+The parent enforces the wall clock (SIGTERM to the process group, SIGKILL after a grace period),
+reads stdout and stderr as they arrive (keeping the first ``output_bytes`` of each and killing
+the run once it floods past ``flood_bytes``), and at the end SIGKILLs the process group and,
+when the program ran under its own uid, every process of that uid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+
+from asd_core.ground.errors import AsdError
+
+# "auto": the strongest the kernel grants; "userns": skip root's own namespaces and take the
+# unprivileged user-namespace path; "guard": no namespaces at all (the last two test fallbacks)
+Isolation = Literal["auto", "userns", "guard"]
+Status = Literal["ok", "failed", "timeout", "killed", "error"]
+
+_UID_BASE = 1_800_000_000  # a root parent runs each program as a uid drawn from
+_UID_SPAN = 1 << 24  # [_UID_BASE, _UID_BASE + _UID_SPAN): far above any real account
+_DRAIN_SECONDS = 0.2  # after the program exits, how long its pipes may take to reach EOF
+_POLL_SECONDS = 0.02  # exit polling interval where pidfd_open is missing
+_READ_CHUNK = 1 << 16
+_SIGNAL_REASONS: dict[int, str] = {
+    signal.SIGXCPU: "CPU time limit (SIGXCPU)",
+    signal.SIGKILL: "killed by SIGKILL (CPU hard limit, out of memory, or the supervisor)",
+    signal.SIGXFSZ: "file size limit (SIGXFSZ)",
+    signal.SIGSEGV: "segmentation fault (stack or memory exhausted)",
+}
+
+
+class SandboxError(AsdError):
+    """Impossible sandbox limits or arguments."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """What one sandboxed run may use. The defaults suit one HumanEval item."""
+
+    wall_seconds: float = 10.0  # wall clock from launch; then SIGTERM, SIGKILL after grace_seconds
+    grace_seconds: float = 0.5  # between SIGTERM and SIGKILL when the wall clock runs out
+    cpu_seconds: int = 5  # RLIMIT_CPU per process: SIGXCPU here, SIGKILL one second later
+    memory_bytes: int = 1 << 30  # RLIMIT_AS per process (virtual address space)
+    file_bytes: int = 10_000_000  # RLIMIT_FSIZE: the largest file the program may write
+    disk_bytes: int = 64 << 20  # size of the tmpfs working folder (with a mount namespace)
+    max_processes: int = 8  # RLIMIT_NPROC: processes and threads of one run, program included
+    max_open_files: int = 64  # RLIMIT_NOFILE
+    output_bytes: int = 64 << 10  # bytes of stdout and of stderr kept in the result
+    flood_bytes: int = 16 << 20  # total output (both streams) after which the run is killed
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise SandboxError(
+                    f"sandbox limit {field.name} must be a positive number, got {value!r}"
+                )
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """The outcome of one sandboxed run."""
+
+    passed: bool  # exited with status 0 within every limit
+    status: Status  # ok: exit 0; failed: non-zero exit; timeout: wall clock ran out; killed: a
+    # signal ended it (CPU or memory limit, output flood); error: the program never started
+    returncode: int | None  # exit status; negative: killed by that signal; None: never started
+    stdout: str  # the first SandboxLimits.output_bytes of stdout, undecodable bytes replaced
+    stderr: str  # the same for stderr
+    truncated: bool  # stdout or stderr had more bytes than were kept
+    seconds: float  # wall-clock s from launch until the last process was reaped
+    isolation: str  # mechanisms in force, "+"-joined (see the module docstring); "" if none
+    detail: str  # one line on why this status, e.g. "wall clock 10 s exceeded"
+
+
+def run_python(
+    source: str,
+    limits: SandboxLimits | None = None,
+    *,
+    isolation: Isolation = "auto",
+    python: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> SandboxResult:
+    """Run ``source`` as a Python program in a fresh sandbox and report what happened.
+
+    ``python`` is the program's interpreter (default: this one); ``clock`` gives seconds for
+    :attr:`SandboxResult.seconds`. Never raises for anything the program does.
+    """
+    if isolation not in ("auto", "userns", "guard"):
+        raise SandboxError(f"sandbox isolation must be auto, userns or guard, got {isolation!r}")
+    limits = limits or SandboxLimits()
+    interpreter = python or sys.executable
+    result, namespaces_failed = _run_once(source, limits, isolation, interpreter, clock)
+    if namespaces_failed and isolation == "auto":
+        result, _ = _run_once(source, limits, "guard", interpreter, clock)
+    return result
+
+
+def _run_once(
+    source: str,
+    limits: SandboxLimits,
+    isolation: Isolation,
+    python: str,
+    clock: Callable[[], float],
+) -> tuple[SandboxResult, bool]:
+    """One launch; the flag says the bootstrap could not set up namespaces and ran nothing."""
+    root = Path(tempfile.mkdtemp(prefix="asd-sandbox-"))
+    uid = _pick_uid() if os.geteuid() == 0 else None
+    report_read, report_write = os.pipe()
+    try:
+        work, program = _prepare_folder(root, source, uid)
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(work),
+            "TMPDIR": str(work / "tmp"),
+            "LANG": "C.UTF-8",
+        }
+        plan = _plan(isolation, python, program, work, root, uid, limits, env, report_write)
+        started = clock()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _bootstrap_command(), json.dumps(plan)],
+                cwd=work,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(report_write,),
+                start_new_session=True,
+            )
+        except OSError as err:
+            return _never_started(f"could not start the sandbox: {err}", clock() - started), False
+        finally:
+            os.close(report_write)
+            report_write = -1
+        try:
+            stdout, stderr, killed_for = _supervise(proc, limits, clock, started)
+        finally:
+            _kill_leftovers(proc.pid, uid)
+            proc.wait()
+            assert proc.stdout is not None and proc.stderr is not None
+            proc.stdout.close()
+            proc.stderr.close()
+        seconds = clock() - started
+        report = _read_report(report_read)
+    finally:
+        if report_write >= 0:
+            os.close(report_write)
+        os.close(report_read)
+        _remove_tree(root)
+    return _result(proc.returncode, report, stdout, stderr, killed_for, limits, seconds)
+
+
+def _pick_uid() -> int:
+    """A fresh uid for one run, so its process count and leftovers are its own."""
+    return _UID_BASE + secrets.randbelow(_UID_SPAN)
+
+
+def _prepare_folder(root: Path, source: str, uid: int | None) -> tuple[Path, Path]:
+    """Write the program next to an empty working folder; a private uid gets to use them."""
+    work = root / "work"
+    (work / "tmp").mkdir(parents=True)
+    program = root / "program.py"
+    program.write_text(source, encoding="utf-8")
+    if uid is not None:
+        root.chmod(0o711)  # the sandbox uid may pass through, not list
+        program.chmod(0o644)
+        for folder in (work, work / "tmp"):
+            os.chown(folder, uid, uid)
+    return work, program
+
+
+def _plan(
+    isolation: Isolation,
+    python: str,
+    program: Path,
+    work: Path,
+    root: Path,
+    uid: int | None,
+    limits: SandboxLimits,
+    env: dict[str, str],
+    report_fd: int,
+) -> dict[str, Any]:
+    """Everything the bootstrap needs, as JSON-able values."""
+    needed = _interpreter_folders(python)
+    blocked = {folder: _blocked_ancestor(folder) for folder in needed}
+    public = all(ancestor is None for ancestor in blocked.values())
+    return {
+        "mode": isolation,
+        "python": python,
+        "program": str(program),
+        "work": str(work),
+        "uid": uid,
+        "interpreter_public": public,
+        "expose": None if public else _expose_plan(blocked, root),
+        "limits": {
+            "cpu_seconds": int(limits.cpu_seconds),
+            "memory_bytes": int(limits.memory_bytes),
+            "file_bytes": int(limits.file_bytes),
+            "disk_bytes": int(limits.disk_bytes),
+            "max_processes": int(limits.max_processes),
+            "max_open_files": int(limits.max_open_files),
+        },
+        "env": env,
+        "report_fd": report_fd,
+        "guard": SOCKET_GUARD,
+    }
+
+
+def _interpreter_folders(python: str) -> list[Path]:
+    """Folders the program's interpreter reads: its installation and, for this one, the venv."""
+    real = Path(os.path.realpath(python))
+    folders = {real.parent.parent}
+    if real == Path(os.path.realpath(sys.executable)):
+        folders |= {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}
+    return sorted(folders)
+
+
+def _blocked_ancestor(folder: Path) -> Path | None:
+    """The outermost folder on the way to ``folder`` (itself included) others cannot enter."""
+    for step in [*reversed(folder.parents), folder]:
+        try:
+            if not os.stat(step).st_mode & stat.S_IXOTH:
+                return step
+        except OSError:
+            return step
+    return None
+
+
+def _expose_plan(
+    blocked: dict[Path, Path | None], root: Path
+) -> list[tuple[str, list[str]]] | None:
+    """Which closed folders to cover with an empty tmpfs holding only the interpreter's folders.
+
+    None when that cannot work: the interpreter folder itself is closed, or the cover would
+    hide the sandbox's own folder.
+    """
+    covers: dict[Path, list[str]] = {}
+    for folder, ancestor in blocked.items():
+        if ancestor is None:
+            continue
+        if ancestor == folder or root.resolve().is_relative_to(ancestor):
+            return None
+        covers.setdefault(ancestor, []).append(str(folder))
+    return [(str(ancestor), folders) for ancestor, folders in covers.items()]
+
+
+@functools.cache
+def _bootstrap_command() -> str:
+    """The bootstrap's source, shipped to a fresh interpreter with ``-c``."""
+    source = textwrap.dedent(inspect.getsource(_bootstrap))
+    return (
+        "from __future__ import annotations\n"
+        f"{source}\n"
+        "import json, sys\n"
+        "_bootstrap(json.loads(sys.argv[1]))\n"
+    )
+
+
+def _bootstrap(plan: dict[str, Any]) -> None:  # pragma: no cover - runs in the child
+    """Confine this process as far as the kernel allows, then exec the program.
+
+    Runs in the bootstrap interpreter, which gets this function's source: everything it uses is
+    imported or defined inside, and imported before the uid is dropped. Writes one JSON object
+    to ``plan["report_fd"]``: ``{"isolation": ...}`` just before exec, or ``{"error": ...,
+    "namespaces_failed": ...}`` and exit status 121 when it refuses to run the program.
+    """
+    import ctypes
+    import json
+    import os
+    import re
+    import resource
+    import signal
+
+    clone_newns, clone_newipc, clone_newuser = 0x00020000, 0x08000000, 0x10000000
+    clone_newpid, clone_newnet = 0x20000000, 0x40000000
+    ms_rdonly, ms_nosuid, ms_nodev, ms_noexec = 1, 2, 4, 8
+    ms_remount, ms_bind, ms_rec, ms_private = 32, 4096, 16384, 1 << 18
+    # flags a bind remount must repeat, or the kernel refuses it inside a user namespace
+    sticky_flags = {
+        "nosuid": ms_nosuid,
+        "nodev": ms_nodev,
+        "noexec": ms_noexec,
+        "noatime": 1024,
+        "nodiratime": 2048,
+        "relatime": 1 << 21,
+    }
+    pr_set_pdeathsig, pr_set_dumpable, pr_set_no_new_privs = 1, 4, 38
+    libc = ctypes.CDLL(None, use_errno=True)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # mirroring SIGXCPU must not dump core
+    limits = plan["limits"]
+    is_root = os.geteuid() == 0
+    uid = plan["uid"] if is_root else os.getuid()
+    gid = plan["uid"] if is_root else os.getgid()
+
+    def check(status: int, what: str) -> None:
+        if status != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+    def mount(
+        source: str | None, target: str, kind: str | None, flags: int, data: str = ""
+    ) -> None:
+        def raw(text: str | None) -> bytes | None:
+            return None if text is None else text.encode()
+
+        check(
+            libc.mount(
+                raw(source), raw(target), raw(kind), ctypes.c_ulong(flags), raw(data or None)
+            ),
+            f"mount {target}",
+        )
+
+    def report(**fields: object) -> None:
+        os.write(plan["report_fd"], json.dumps(fields).encode())
+        os.close(plan["report_fd"])
+
+    def refuse(reason: str, namespaces_failed: bool = False) -> None:
+        report(error=reason, namespaces_failed=namespaces_failed)
+        os._exit(121)
+
+    def drop_uid() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        # a uid change makes /proc/self root's, and the user namespace maps are written there
+        check(libc.prctl(pr_set_dumpable, 1, 0, 0, 0), "prctl dumpable")
+
+    def owned(pid: str) -> bool:
+        try:
+            return os.stat(f"/proc/{pid}").st_uid == uid
+        except OSError:
+            return False
+
+    def mount_points() -> list[tuple[str, int]]:
+        points = []
+        with open("/proc/self/mountinfo") as table:
+            for line in table:
+                columns = line.split()
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), columns[4])
+                points.append((point, sum(sticky_flags.get(o, 0) for o in columns[5].split(","))))
+        return points
+
+    def confine_files(expose: list[list[Any]] | None) -> None:
+        mount(None, "/", None, ms_rec | ms_private)
+        for point, flags in mount_points():
+            try:
+                mount(None, point, None, ms_remount | ms_bind | ms_rdonly | flags)
+            except OSError:
+                if point == "/":
+                    raise  # other mount points are best effort (some vanish or are locked)
+        for cover, folders in expose or []:
+            handles = [os.open(f, os.O_PATH | os.O_DIRECTORY) for f in folders]
+            mount("tmpfs", cover, "tmpfs", ms_nosuid | ms_nodev, "size=64k,mode=0755")
+            for folder, handle in zip(folders, handles, strict=True):
+                os.makedirs(folder, exist_ok=True)
+                mount(f"/proc/self/fd/{handle}", folder, None, ms_bind | ms_rec)
+                mount(None, folder, None, ms_remount | ms_bind | ms_rdonly)
+                os.close(handle)
+            mount(None, cover, None, ms_remount | ms_rdonly | ms_nosuid | ms_nodev)
+        work = plan["work"]
+        quota = f"size={limits['disk_bytes']},mode=0700,uid={uid},gid={gid}"
+        mount("tmpfs", work, "tmpfs", ms_nosuid | ms_nodev, quota)
+        os.mkdir(os.path.join(work, "tmp"), 0o700)
+        os.chown(os.path.join(work, "tmp"), uid, gid)
+
+    def exit_like(status: int) -> None:
+        # End this process the way the wait status says a child ended.
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+        os._exit(os.waitstatus_to_exitcode(status))
+
+    def wait_for(child: int) -> int:
+        # Reap every child (as PID 1 that includes orphans) until ``child`` ends; its status.
+        while True:
+            pid, status = os.waitpid(-1, 0)
+            if pid == child:
+                return status
+
+    def stay_out_of_the_way() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # the grace period is the program's, not ours
+        os.close(plan["report_fd"])
+
+    mechanisms: list[str] = []
+    namespace = None  # "root": made with root's own rights; "user": inside a user namespace
+    dropped = False
+    flags = clone_newns | clone_newnet | clone_newpid | clone_newipc
+    if plan["mode"] == "auto" and is_root and libc.unshare(flags) == 0:
+        namespace = "root"
+    elif plan["mode"] != "guard" and (not is_root or plan["interpreter_public"]):
+        if is_root:
+            drop_uid()
+            dropped = True
+        if libc.unshare(clone_newuser | flags) == 0:
+            namespace = "user"
+            mechanisms.append("userns")
+    if namespace is not None:
+        try:
+            if namespace == "user":
+                for name, text in (
+                    ("setgroups", "deny"),
+                    ("uid_map", f"{uid} {uid} 1"),
+                    ("gid_map", f"{gid} {gid} 1"),
+                ):
+                    with open(f"/proc/self/{name}", "w") as handle:
+                        handle.write(text)
+            confine_files(plan["expose"] if namespace == "root" else None)
+        except OSError as err:
+            refuse(f"namespace set-up failed: {err}", namespaces_failed=True)
+        mechanisms += ["netns", "mountns", "pidns", "ipcns"]
+        # Three processes from here: this bootstrap waits outside the namespaces; its child is
+        # PID 1 inside, reaps orphans and passes on the program's wait status (PID 1 could not
+        # die of a signal to mirror it); the grandchild becomes the program. The program is not
+        # PID 1 itself because PID 1 ignores signals it has no handler for, SIGXCPU included.
+        status_read, status_write = os.pipe()
+        init = os.fork()
+        if init:
+            os.close(status_write)
+            stay_out_of_the_way()
+            init_status = os.waitpid(init, 0)[1]
+            passed_on = os.read(status_read, 32)
+            exit_like(int(passed_on) if passed_on else init_status)
+        os.close(status_read)
+        check(libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0), "prctl pdeathsig")
+        try:
+            mount("proc", "/proc", "proc", ms_nosuid | ms_nodev | ms_noexec)
+            mechanisms.append("procfs")
+        except OSError:
+            pass  # the host's /proc stays; the uid or permissions still guard other processes
+        program_pid = os.fork()
+        if program_pid:
+            stay_out_of_the_way()
+            os.write(status_write, str(wait_for(program_pid)).encode())
+            os._exit(0)  # the kernel now kills whatever is left in the namespace
+        os.close(status_write)
+    if is_root and not dropped:
+        if plan["interpreter_public"] or (namespace == "root" and plan["expose"] is not None):
+            drop_uid()
+            dropped = True
+        else:
+            refuse(
+                "running as root without namespaces, and other users cannot run the "
+                "interpreter, so the process count cannot be limited"
+            )
+    if dropped:
+        mechanisms.append("uid")
+    check(libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0), "prctl no_new_privs")
+
+    processes = limits["max_processes"]
+    if namespace == "user":
+        processes += 2  # the bootstrap and PID 1 run as this uid in this namespace too
+    elif not dropped:  # no private count: the limit covers every process of this user
+        processes += sum(1 for p in os.listdir("/proc") if p.isdigit() and owned(p))
+    for resource_id, value in (
+        (resource.RLIMIT_CPU, (limits["cpu_seconds"], limits["cpu_seconds"] + 1)),
+        (resource.RLIMIT_AS, limits["memory_bytes"]),
+        (resource.RLIMIT_FSIZE, limits["file_bytes"]),
+        (resource.RLIMIT_NOFILE, limits["max_open_files"]),
+        (resource.RLIMIT_NPROC, processes),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        soft, hard = value if isinstance(value, tuple) else (value, value)
+        current_hard = resource.getrlimit(resource_id)[1]
+        if current_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, current_hard), min(hard, current_hard)
+        resource.setrlimit(resource_id, (soft, hard))
+    mechanisms.append("rlimits")
+
+    python, program = plan["python"], plan["program"]
+    argv = [python, "-I", "-B", program]
+    if "netns" not in mechanisms:
+        mechanisms.append("socket-guard")
+        argv = [python, "-I", "-B", "-c", plan["guard"], program]
+    os.chdir(plan["work"])
+    report(isolation="+".join(mechanisms))
+    os.execve(python, argv, plan["env"])
+
+
+SOCKET_GUARD = """\
+import _socket, runpy, socket, sys
+
+def _guarded(base):
+    class GuardedSocket(base):
+        def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
+            if fileno is None and family != _socket.AF_UNIX:
+                raise PermissionError(13, "network access is disabled in this sandbox")
+            super().__init__(family, type, proto, fileno)
+    return GuardedSocket
+
+socket.socket = socket.SocketType = _guarded(socket.socket)
+_socket.socket = _socket.SocketType = _guarded(_socket.socket)
+del _guarded
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+class _Capture:
+    """The first ``keep`` bytes of a stream, and how many came in total."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.data = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.keep - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        self.total += len(chunk)
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.data)
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes],
+    limits: SandboxLimits,
+    clock: Callable[[], float],
+    started: float,
+) -> tuple[_Capture, _Capture, str | None]:
+    """Pump the output until the bootstrap exits, enforcing the wall clock and the flood limit.
+
+    Returns the stdout and stderr captures and why the supervisor killed the run ("timeout",
+    "flood") or None.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    captures = {proc.stdout.fileno(): _Capture(limits.output_bytes)}
+    captures[proc.stderr.fileno()] = _Capture(limits.output_bytes)
+    selector = selectors.DefaultSelector()
+    for fd in captures:
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ)
+    exit_fd = _pidfd(proc.pid)  # readable once the bootstrap exits; None: poll for it
+    if exit_fd is not None:
+        selector.register(exit_fd, selectors.EVENT_READ)
+    deadline = started + limits.wall_seconds
+    hard_kill_at: float | None = None
+    exited_at: float | None = None
+    killed_for: str | None = None
+    try:
+        while True:
+            now = clock()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+                _signal_group(proc.pid, signal.SIGKILL)  # stragglers would hold the pipes open
+                if exit_fd is not None:
+                    selector.unregister(exit_fd)
+            if exited_at is not None:
+                pipes_open = any(key.fd in captures for key in selector.get_map().values())
+                if not pipes_open or now > exited_at + _DRAIN_SECONDS:
+                    break
+                wake_at = exited_at + _DRAIN_SECONDS
+            else:
+                if killed_for is None and now >= deadline:
+                    killed_for = "timeout"
+                    _signal_group(proc.pid, signal.SIGTERM)
+                    hard_kill_at = now + limits.grace_seconds
+                if hard_kill_at is not None and now >= hard_kill_at:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    hard_kill_at = now + limits.grace_seconds  # again, if it is still there
+                wake_at = deadline if hard_kill_at is None else hard_kill_at
+                if exit_fd is None:
+                    wake_at = min(wake_at, now + _POLL_SECONDS)
+            for key, _ in selector.select(max(0.0, wake_at - now)):
+                if key.fd not in captures:
+                    continue  # the exit fd: handled by proc.poll() at the top
+                try:
+                    chunk = os.read(key.fd, _READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                captures[key.fd].add(chunk)
+                flooded = sum(c.total for c in captures.values()) > limits.flood_bytes
+                if flooded and killed_for is None:
+                    killed_for = "flood"
+                    _signal_group(proc.pid, signal.SIGKILL)
+    finally:
+        selector.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
+    stdout, stderr = captures.values()
+    return stdout, stderr, killed_for
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` exits (Linux 5.3+), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
+        os.killpg(pgid, sig)
+
+
+def _kill_leftovers(pgid: int, uid: int | None) -> None:
+    """SIGKILL the program's process group and, with a private uid, every process of that uid.
+
+    The uid sweep catches processes that left the session when there is no PID namespace.
+    """
+    _signal_group(pgid, signal.SIGKILL)
+    if uid is None:
+        return
+    doomed = []
+    for process in psutil.process_iter(["uids"]):
+        uids = process.info["uids"]
+        if uids is not None and uid in (uids.real, uids.effective):
+            try:
+                process.kill()
+                doomed.append(process)
+            except psutil.Error:
+                pass
+    _wait_gone(doomed, timeout=2.0)
+
+
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> None:
+    """Wait until each process has exited; a zombie counts as gone (init reaps orphans)."""
+    give_up = time.monotonic() + timeout
+    while processes and time.monotonic() < give_up:
+        still = []
+        for process in processes:
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    still.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        processes = still
+        if processes:
+            time.sleep(0.01)
+
+
+def _read_report(fd: int) -> dict[str, Any] | None:
+    os.set_blocking(fd, False)
+    try:
+        raw = os.read(fd, _READ_CHUNK)
+    except BlockingIOError:
+        return None
+    try:
+        report = json.loads(raw)
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _remove_tree(root: Path) -> None:
+    """Delete the sandbox folder, restoring permissions the program may have taken away."""
+
+    def retry_writable(function: Callable[[str], object], path: str, _: object) -> None:
+        for target in (os.path.dirname(path), path):
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.chmod(target, 0o700, follow_symlinks=False)
+        with contextlib.suppress(OSError):
+            function(path)
+
+    shutil.rmtree(root, onerror=retry_writable)
+
+
+def _never_started(detail: str, seconds: float, isolation: str = "") -> SandboxResult:
+    return SandboxResult(
+        passed=False,
+        status="error",
+        returncode=None,
+        stdout="",
+        stderr="",
+        truncated=False,
+        seconds=seconds,
+        isolation=isolation,
+        detail=detail,
+    )
+
+
+def _result(
+    returncode: int,
+    report: dict[str, Any] | None,
+    stdout: _Capture,
+    stderr: _Capture,
+    killed_for: str | None,
+    limits: SandboxLimits,
+    seconds: float,
+) -> tuple[SandboxResult, bool]:
+    """Classify the run; the flag asks for a retry without namespaces."""
+    if report is None or "isolation" not in report:
+        report = report or {}
+        lines = stderr.text().strip().splitlines()
+        reason = report.get("error") or (lines[-1] if lines else f"bootstrap exited {returncode}")
+        return _never_started(f"sandbox refused: {reason}", seconds), bool(
+            report.get("namespaces_failed")
+        )
+    status: Status
+    if killed_for == "timeout":
+        status, detail = "timeout", f"wall clock {limits.wall_seconds:g} s exceeded"
+    elif killed_for == "flood":
+        status, detail = "killed", f"output flood: more than {limits.flood_bytes} bytes"
+    elif returncode == 0:
+        status, detail = "ok", "exit status 0"
+    elif returncode > 0:
+        status, detail = "failed", f"exit status {returncode}"
+    else:
+        status = "killed"
+        detail = _SIGNAL_REASONS.get(-returncode, f"killed by signal {-returncode}")
+    result = SandboxResult(
+        passed=status == "ok",
+        status=status,
+        returncode=returncode,
+        stdout=stdout.text(),
+        stderr=stderr.text(),
+        truncated=stdout.truncated or stderr.truncated,
+        seconds=seconds,
+        isolation=str(report["isolation"]),
+        detail=detail,
+    )
+    return result, False
