@@ -13,7 +13,7 @@ import pytest
 
 from asd_core.data.splits import fold_of
 from asd_core.decoding import protocol
-from asd_core.ground import stats, stopping
+from asd_core.ground import belief, stats
 from asd_core.ground.errors import AsdError
 from asd_core.learning.features import FeatureSet, StageView
 from asd_core.learning.predictor import TrainConfig, train_predictor
@@ -157,7 +157,7 @@ def test_adaptive_policy_decides_from_live_features_like_its_replay(
             out = []
             for t in paths:
                 r = dict(rows[t.request.item_id, stage])
-                if protocol.view_of(t.runs[-1]) != stopping.SEQUENTIAL:
+                if protocol.view_of(t.runs[-1]) != belief.SEQUENTIAL:
                     r["accepted_frac_prev"] = np.nan
                 out.append(model.predictor.predict_view(StageView.from_row(r)))
             mean, var = zip(*out, strict=True)

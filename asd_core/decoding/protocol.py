@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from asd_core.ground import stopping
+from asd_core.ground import belief, stopping
 
 Move = stopping.Decision  # (deeper stage, restart?): how a path goes on
 
@@ -63,7 +63,7 @@ class PathLike(Protocol):
 def view_of(run: RunLike) -> int:
     """SEQUENTIAL when the stage verified the stage right below it, else DIRECT."""
     sequential = run.from_stage is not None and run.from_stage == run.stage - 1
-    return stopping.SEQUENTIAL if sequential else stopping.DIRECT
+    return belief.SEQUENTIAL if sequential else belief.DIRECT
 
 
 @runtime_checkable

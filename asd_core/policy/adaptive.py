@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from asd_core.decoding.protocol import Move, PathLike, RequestLike, view_of
-from asd_core.ground import stopping
+from asd_core.ground import belief, stopping
 from asd_core.ground.errors import AsdError
 from asd_core.learning.features import VERIFICATION_NAMES, StageView, previous_acceptance
 from asd_core.learning.predictor import LABEL_COLUMNS, QualityPredictor, entry_features
@@ -57,11 +57,11 @@ class PolicyModel:
     predictor: QualityPredictor  # calibrated ensemble + input-only head
     risk: RiskSettings  # shrinkage applied to every prediction
     prior: np.ndarray  # (K,) μ_k, base acceptance rate of each stage on the training split
-    beliefs: stopping.BeliefModel  # bins, bin values and moves (held-out inputs)
-    costs: stopping.Costs  # normalised move costs over every held-out input (all tasks pooled)
+    beliefs: belief.BeliefModel  # bins, bin values and moves (held-out inputs)
+    costs: belief.Costs  # normalised move costs over every held-out input (all tasks pooled)
     # per task: its held-out inputs' costs, normalised by that task's deepest stage, so that λ
     # means the same on a one-token multiple-choice answer and a 300-token derivation
-    task_costs: dict[str, stopping.Costs]
+    task_costs: dict[str, belief.Costs]
     held_out: stopping.HeldOut  # the held-out inputs the entry is decided from
     scratch_s: np.ndarray  # (K,) mean seconds of each stage from scratch (held-out inputs)
     escalate_s: np.ndarray  # (K, K) mean seconds to continue k → j (verify + decode), j > k
@@ -342,12 +342,12 @@ class InputCostModel:
                 c[k + 1, j] = v + w * (n_in + out[k]) + d * todo
         return np.maximum(c, 1e-9) / self.norm
 
-    def costs(self, task: str, n_in: float, known: dict[int, float], n_bins: int) -> stopping.Costs:
-        """:meth:`matrix` as the solver's :class:`~asd_core.ground.stopping.Costs` (flat over beliefs)."""
+    def costs(self, task: str, n_in: float, known: dict[int, float], n_bins: int) -> belief.Costs:
+        """:meth:`matrix` as the solver's :class:`~asd_core.ground.belief.Costs` (flat over beliefs)."""
         c = self.matrix(task, n_in, known)
         K = len(c) - 1
         resume = np.where(np.triu(np.ones((K, K), bool), 1), c[1:], np.nan)
-        return stopping.Costs(c[0], np.broadcast_to(resume[:, None, :, None], (K, 2, K, n_bins)))
+        return belief.Costs(c[0], np.broadcast_to(resume[:, None, :, None], (K, 2, K, n_bins)))
 
 
 def fit_input_costs(
@@ -394,7 +394,7 @@ def adjusted(
     prior: np.ndarray, risk: RiskSettings, mean: np.ndarray, var: np.ndarray, stage: np.ndarray
 ) -> np.ndarray:
     """Risk-adjusted beliefs p̃ of predictions (mean, var) for the given stages, one shape."""
-    return stopping.risk_adjust(
+    return belief.risk_adjust(
         np.clip(mean, 0.0, 1.0),
         np.maximum(var, 0.0),
         prior[stage],
@@ -484,17 +484,17 @@ def fit_policy_model(
     pred = held if held is not None else predictions(predictor, df, K)
     p_tilde = pred.beliefs(prior, risk)
     labels = _per_input(df, label, K)
-    beliefs = stopping.estimate_beliefs(
-        p_tilde[stopping.SEQUENTIAL], p_tilde[stopping.DIRECT], labels, n_bins, smoothing
+    beliefs = belief.estimate_beliefs(
+        p_tilde[belief.SEQUENTIAL], p_tilde[belief.DIRECT], labels, n_bins, smoothing
     )
-    bins = np.stack([beliefs.bins(p_tilde[v], v) for v in range(stopping.N_VIEWS)])
+    bins = np.stack([beliefs.bins(p_tilde[v], v) for v in range(belief.N_VIEWS)])
     scratch, esc = per_input_costs(df, K, cost_source, sizes)
-    costs = stopping.estimate_costs(scratch, esc, list(bins), n_bins, smoothing)
+    costs = belief.estimate_costs(scratch, esc, list(bins), n_bins, smoothing)
     tasks = df["task"].to_numpy()[::K].astype(str)
     task_costs, unit = {}, np.ones(len(tasks))
     for task in sorted(set(tasks)):
         rows = tasks == task
-        task_costs[task] = stopping.estimate_costs(
+        task_costs[task] = belief.estimate_costs(
             scratch[rows], esc[rows], [b[rows] for b in bins], n_bins, smoothing
         )
         unit[rows] = scratch[rows, -1].mean()
@@ -519,10 +519,10 @@ def fit_policy_model(
     )
 
 
-def size_based_costs(sizes: Sequence[float], n_bins: int) -> stopping.Costs:
+def size_based_costs(sizes: Sequence[float], n_bins: int) -> belief.Costs:
     """Costs proportional to model size, no reuse of drafts (the constant-cost ablation)."""
     s = np.asarray(sizes, float)
-    return stopping.flat_costs(s, np.tile(s, (len(s), 1)), n_bins)
+    return belief.flat_costs(s, np.tile(s, (len(s), 1)), n_bins)
 
 
 # -- observers: where a policy's predictions come from ------------------------------------------
@@ -565,7 +565,7 @@ class LiveObserver:
         means, variances = [], []
         for t in paths:
             run = t.runs[-1]
-            sequential = view_of(run) == stopping.SEQUENTIAL
+            sequential = view_of(run) == belief.SEQUENTIAL
             prev = run.accepted_fraction if sequential else math.nan
             view = StageView.from_generation(run.generation, stage, t.request.task, prev)
             mean, var = self.predictor.predict_view(view)
@@ -617,7 +617,7 @@ class AdaptivePolicy:
         lam: float,
         observer: Observer,
         rule: stopping.Rule = stopping.DP,
-        costs: stopping.Costs | None = None,
+        costs: belief.Costs | None = None,
         name: str | None = None,
         cost_mode: Literal["table", "per_input"] = "table",
     ):
@@ -716,7 +716,7 @@ def decision_overhead(
     parts: dict[str, list[float]] = {"features": [], "predictor": [], "adjust_and_lookup": []}
     for _ in range(repeats):
         for v in views:
-            view = stopping.SEQUENTIAL if math.isfinite(v.accepted_frac_prev) else stopping.DIRECT
+            view = belief.SEQUENTIAL if math.isfinite(v.accepted_frac_prev) else belief.DIRECT
             t0 = time.perf_counter()
             x = feats.extract(v)
             t1 = time.perf_counter()
@@ -764,10 +764,10 @@ def cost_table(model: PolicyModel, stage_names: Sequence[str]) -> pd.DataFrame:
         for j in range(K):
             rows.append(row("from scratch", stage_names[j], "scratch", float(costs.scratch[j])))
         for k in range(K):
-            w = counts[k, stopping.DIRECT] / max(counts[k, stopping.DIRECT].sum(), 1)
+            w = counts[k, belief.DIRECT] / max(counts[k, belief.DIRECT].sum(), 1)
             for j in range(k + 1, K):
                 origin = f"escalate from {stage_names[k]}"
-                resume = float(costs.resume[k, stopping.DIRECT, j] @ w)
+                resume = float(costs.resume[k, belief.DIRECT, j] @ w)
                 rows.append(row(origin, stage_names[j], "continue", resume))
                 rows.append(row(origin, stage_names[j], "restart", float(costs.scratch[j])))
     return pd.DataFrame(rows)
@@ -792,8 +792,8 @@ def decision_table(
     for lam in lambdas:
         table = stopping.solve(model.beliefs, model.costs, lam)
         for k in range(K - 1):
-            for v in range(stopping.N_VIEWS):
-                if k == 0 and v == stopping.SEQUENTIAL:
+            for v in range(belief.N_VIEWS):
+                if k == 0 and v == belief.SEQUENTIAL:
                     continue  # never reached: stage 0 verifies nothing
                 edges = np.concatenate([[0.0], model.beliefs.edges[k, v], [1.0]])
                 present = [b for b in range(model.n_bins) if counts[k, v, b] > 0]
@@ -810,7 +810,7 @@ def decision_table(
                         {
                             "lam": float(lam),
                             "stage": stage_names[k],
-                            "view": stopping.VIEW_NAMES[v],
+                            "view": belief.VIEW_NAMES[v],
                             "bin": b,
                             "p_low": float(edges[b]),
                             "p_high": float(min(upper.get(b, 1.0), 1.0)),

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from asd_core.data.splits import fold_of, is_pool_id
 from asd_core.decoding.protocol import Policy
-from asd_core.ground import stopping
+from asd_core.ground import belief, stopping
 from asd_core.ground.errors import AsdError
 from asd_core.learning.features import FeatureSet
 from asd_core.learning.predictor import LabelMode, QualityPredictor, TrainConfig, train_predictor
@@ -107,7 +107,7 @@ class Fitted:
 
     predictor: QualityPredictor
     # name → (policy model, rule, costs replacing the model's or None, cost mode)
-    variants: dict[str, tuple[PolicyModel, stopping.Rule, stopping.Costs | None, CostMode]]
+    variants: dict[str, tuple[PolicyModel, stopping.Rule, belief.Costs | None, CostMode]]
     # "test" / "calibration" / "heuristic_test": calibrated predictions, looked up
     observers: dict[str, CachedObserver]
 
@@ -183,7 +183,7 @@ def fit_fold(
     heur_held = heuristic_predictions(splits["calibration"], K, model.prior)
     n_held = len(heur_held.item_ids)
     by_size = settings.stage_sizes or tuple(float(k + 1) for k in range(K))
-    variants: dict[str, tuple[PolicyModel, stopping.Rule, stopping.Costs | None, CostMode]] = {
+    variants: dict[str, tuple[PolicyModel, stopping.Rule, belief.Costs | None, CostMode]] = {
         "dp": (model, stopping.DP, None, "table"),
         "dp_no_risk": (
             fit(RiskSettings(alpha=0.0), s, held, settings.neighbours),
