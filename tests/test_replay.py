@@ -17,7 +17,7 @@ from asd_core.ground import belief, stats
 from asd_core.ground.errors import AsdError
 from asd_core.learning.features import FeatureSet, StageView
 from asd_core.learning.predictor import TrainConfig, train_predictor
-from asd_core.policy import adaptive, baselines
+from asd_core.policy import adaptive, baselines, costs, fitting
 from asd_core.runs import evaluate, replay
 from benchmarks.features import synthetic_frame
 
@@ -60,16 +60,16 @@ def gens() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def model(gens: pd.DataFrame) -> adaptive.PolicyModel:
+def model(gens: pd.DataFrame) -> fitting.PolicyModel:
     train, calib = (gens[gens["split"] == s] for s in ("train", "calibration"))
     cfg = TrainConfig(max_epochs=15, patience=3, n_members=2)
     pred = train_predictor(train, calib, FeatureSet(K), "answer", cfg, seed=1)
-    return adaptive.fit_policy_model(pred, train, calib, adaptive.RiskSettings(), n_bins=5)
+    return fitting.fit_policy_model(pred, train, calib, fitting.RiskSettings(), n_bins=5)
 
 
-def observer_of(model: adaptive.PolicyModel, df: pd.DataFrame) -> adaptive.CachedObserver:
+def observer_of(model: fitting.PolicyModel, df: pd.DataFrame) -> adaptive.CachedObserver:
     data = replay.ReplayData.from_frame(df, K, "answer")
-    pred = adaptive.predictions(model.predictor, df, K)
+    pred = fitting.predictions(model.predictor, df, K)
     return adaptive.CachedObserver(pred, data.n_in[:, 0], data.n_out)
 
 
@@ -121,14 +121,14 @@ def test_random_mixing_draws_the_same_inputs_in_replay_and_online(gens: pd.DataF
 
 def test_escalation_cost_counts_verify_and_unaccepted_tokens(gens: pd.DataFrame) -> None:
     test = gens[gens["split"] == "test"].sort_values(["item_id", "stage"])
-    _, esc = adaptive.per_input_costs(test, K)
+    _, esc = costs.per_input_costs(test, K)
     first = test[test["item_id"] == test["item_id"].iloc[0]].reset_index(drop=True)
     rate = (first.latency_s[2] - first.prefill_s[2]) / max(first.n_out[2] - 1, 1)
     todo = max(first.n_out[2] - first.accepted_by[0][2], 0)
     assert esc[0, 0, 2] == pytest.approx(first.verify_s_by[0][2] + todo * rate)
 
 
-def test_dp_policy_limits_in_lambda(gens: pd.DataFrame, model: adaptive.PolicyModel) -> None:
+def test_dp_policy_limits_in_lambda(gens: pd.DataFrame, model: fitting.PolicyModel) -> None:
     test = gens[gens["split"] == "test"]
     data = replay.ReplayData.from_frame(test, K, "answer")
     obs = observer_of(model, test)
@@ -140,7 +140,7 @@ def test_dp_policy_limits_in_lambda(gens: pd.DataFrame, model: adaptive.PolicyMo
 
 
 def test_adaptive_policy_decides_from_live_features_like_its_replay(
-    gens: pd.DataFrame, model: adaptive.PolicyModel
+    gens: pd.DataFrame, model: fitting.PolicyModel
 ) -> None:
     """Features of each output computed one at a time (as online) and the cached predictions
     give the same decisions at every λ."""
@@ -177,7 +177,7 @@ def test_adaptive_policy_decides_from_live_features_like_its_replay(
 
 
 def test_per_input_costs_track_lengths_and_limits(
-    gens: pd.DataFrame, model: adaptive.PolicyModel
+    gens: pd.DataFrame, model: fitting.PolicyModel
 ) -> None:
     ic = model.input_costs
     assert ic is not None
@@ -190,7 +190,7 @@ def test_per_input_costs_track_lengths_and_limits(
     assert (dear.depth == K - 1).all()
 
 
-def test_decision_overhead_and_cost_table(gens: pd.DataFrame, model: adaptive.PolicyModel) -> None:
+def test_decision_overhead_and_cost_table(gens: pd.DataFrame, model: fitting.PolicyModel) -> None:
     test = gens[gens["split"] == "test"].head(30)
     over = adaptive.decision_overhead(model, 1.0, test, repeats=1)
     assert list(over["step"])[-1] == "total per decision" and (over["median_us"] > 0).all()
@@ -273,50 +273,50 @@ def cost_table(names: list[str]) -> pd.DataFrame:
 
 def test_model_costs_follow_the_fitted_coefficients(gens: pd.DataFrame) -> None:
     names = ["s0", "s1", "s2"]
-    df = adaptive.with_model_costs(gens, cost_table(names), names)
+    df = costs.with_model_costs(gens, cost_table(names), names)
     row = df[(df["stage"] == 1)].iloc[0]
     assert row["model_latency_s"] == pytest.approx(0.02 + 0.002 * row["n_in"] + 0.02 * row["n_out"])
     assert row["model_decode_s"] == pytest.approx(0.02)
     own_in = df[(df["item_id"] == row["item_id"]) & (df["stage"] == 2)]["n_in"].item()
-    scored = adaptive.scored_tokens(
+    scored = costs.scored_tokens(
         np.array([row["drafted_by"][2]]), np.array([row["accepted_by"][2]])
     )
     assert row["model_verify_s_by"][2] == pytest.approx(0.02 + 0.004 * (own_in + scored[0]))
     assert np.isnan(row["model_verify_s_by"][:2]).all()  # stages 0 and 1 do not verify stage 1
-    scratch, esc = adaptive.per_input_costs(df, K, "model")
+    scratch, esc = costs.per_input_costs(df, K, "model")
     assert scratch[0, 1] == pytest.approx(row["model_latency_s"])
     assert (esc[:, 0, 2] >= 0.02).all()
     with pytest.raises(AsdError, match="no row for stage 's9'"):
-        adaptive.with_model_costs(gens, cost_table(names), ["s0", "s1", "s9"])
+        costs.with_model_costs(gens, cost_table(names), ["s0", "s1", "s9"])
     with pytest.raises(AsdError, match="with_model_costs"):
-        adaptive.per_input_costs(gens, K, "model")
+        costs.per_input_costs(gens, K, "model")
 
 
 def test_scored_tokens_stop_at_the_block_of_the_first_mismatch() -> None:
     drafted = np.array([100, 100, 100, 10, 0])
     accepted = np.array([0, 31, 32, 10, 0])
     # rows 0..31 hold the last prompt token and 31 draft tokens; all accepted: the whole draft
-    assert adaptive.scored_tokens(drafted, accepted).tolist() == [31, 31, 63, 10, 0]
+    assert costs.scored_tokens(drafted, accepted).tolist() == [31, 31, 63, 10, 0]
 
 
 def test_cost_model_check_scores_the_solo_rows(gens: pd.DataFrame, tmp_path) -> None:
     names = ["s0", "s1", "s2"]
     path = tmp_path / "cost_model.csv"
     cost_table(names).to_csv(path, index=False)
-    df = adaptive.costed(gens, "model", path, names)
+    df = costs.costed(gens, "model", path, names)
     df["gen_batch"] = np.where(df.index % 2 == 0, 1, 8)
     df["latency_s"] = df["model_latency_s"] * 1.1  # measured 10% above the model, exactly
     df["verify_s_by"] = df["model_verify_s_by"]
-    check = adaptive.cost_model_check(df, names)
+    check = costs.cost_model_check(df, names)
     assert list(check["kind"]) == ["generation"] * 3 + ["verification"] * 2
     gen = check[check["kind"] == "generation"]
     assert (gen["median_abs_rel_err"] - 0.1 / 1.1).abs().max() < 1e-9
     ver = check[check["kind"] == "verification"]
     assert (ver["r2"] == 1.0).all() and (ver["median_abs_rel_err"] == 0).all()
     assert check["n"].sum() > 0 and (check["n"] <= (df["gen_batch"] == 1).sum()).all()
-    assert adaptive.costed(gens, "measured", path, names) is gens
+    assert costs.costed(gens, "measured", path, names) is gens
     with pytest.raises(AsdError, match="run notebook 01"):
-        adaptive.costed(gens, "model", tmp_path / "missing.csv", names)
+        costs.costed(gens, "model", tmp_path / "missing.csv", names)
 
 
 def test_pool_prompts_train_every_fold_and_are_never_evaluated(
@@ -346,7 +346,7 @@ def test_pool_prompts_train_every_fold_and_are_never_evaluated(
 
 
 def test_online_check_runs_only_where_the_policy_is_not_constant(
-    gens: pd.DataFrame, model: adaptive.PolicyModel
+    gens: pd.DataFrame, model: fitting.PolicyModel
 ) -> None:
     from asd_core.runs import online
 
@@ -383,7 +383,7 @@ def test_a_budget_missing_in_one_fold_is_missing_for_the_whole_seed() -> None:
 
 
 def test_decision_table_covers_every_reached_state_and_the_entry(
-    model: adaptive.PolicyModel,
+    model: fitting.PolicyModel,
 ) -> None:
     table = adaptive.decision_table(model, [0.1, 3.0], ["a", "b", "c"])
     states = table[table["stage"] != "entry"]

@@ -51,17 +51,7 @@ from asd_core.ground import belief, stopping
 from asd_core.ground.errors import AsdError
 from asd_core.learning.features import FeatureSet
 from asd_core.learning.predictor import LabelMode, QualityPredictor, TrainConfig, train_predictor
-from asd_core.policy.adaptive import (
-    AdaptivePolicy,
-    CachedObserver,
-    CostSource,
-    PolicyModel,
-    Predictions,
-    RiskSettings,
-    fit_policy_model,
-    predictions,
-    size_based_costs,
-)
+from asd_core.policy.adaptive import AdaptivePolicy, CachedObserver
 from asd_core.policy.baselines import (
     FixedDepth,
     OracleCascade,
@@ -71,6 +61,14 @@ from asd_core.policy.baselines import (
     ThresholdCascade,
     ThresholdRouter,
     cheapest_acceptable,
+)
+from asd_core.policy.costs import CostSource, size_based_costs
+from asd_core.policy.fitting import (
+    PolicyModel,
+    Predictions,
+    RiskSettings,
+    fit_policy_model,
+    predictions,
 )
 from asd_core.runs.replay import ReplayData, Replayed, simulate, tune_threshold
 

@@ -22,13 +22,8 @@ from asd_core.ground.config import StageConfig
 from asd_core.ground.errors import AsdError
 from asd_core.models.base import GenerationParams
 from asd_core.models.registry import load_backend
-from asd_core.policy.adaptive import (
-    AdaptivePolicy,
-    CachedObserver,
-    LiveObserver,
-    PolicyModel,
-    predictions,
-)
+from asd_core.policy.adaptive import AdaptivePolicy, CachedObserver, LiveObserver
+from asd_core.policy.fitting import PolicyModel, predictions
 from asd_core.runs.replay import ReplayData, simulate
 
 # one row per (λ, input) of the online check

@@ -5,7 +5,7 @@ got there (continuing a draft and restarting both give the stage's own output): 
 output and quality on an input follow from the cached outputs of every stage, and its cost from
 their per-input costs (from scratch: the stage's own latency; continuing k → j: the
 verification pass plus M_j's decode time for the tokens after the accepted prefix, see
-``adaptive.per_input_costs``). This makes λ sweeps, seeds and ablations cheap; ``online`` runs
+``costs.per_input_costs``). This makes λ sweeps, seeds and ablations cheap; ``online`` runs
 confirm them on the real pipeline.
 
 :func:`simulate` drives the very policy objects the pipeline drives (``asd_core.policy.baselines``,
@@ -26,7 +26,7 @@ from asd_core.decoding.protocol import Policy
 from asd_core.ground.errors import AsdError
 from asd_core.ground.stopping import Decision
 from asd_core.learning.predictor import LABEL_COLUMNS
-from asd_core.policy.adaptive import CostSource, item_ids, per_input_costs
+from asd_core.policy.costs import CostSource, item_ids, per_input_costs
 
 
 @dataclass
