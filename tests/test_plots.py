@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from asd_core.analysis import figures  # noqa: E402
+from asd_core.analysis import curve_stats, figures, names, pareto, tables
 from asd_core.ground import stats  # noqa: E402
 from asd_core.ground.provenance import sidecar_path  # noqa: E402
 
@@ -183,7 +183,7 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def curves(results: pd.DataFrame) -> pd.DataFrame:
-    return figures.curve_table(results, n_resamples=200, seed=0)
+    return curve_stats.curve_table(results, n_resamples=200, seed=0)
 
 
 @pytest.fixture(autouse=True)
@@ -274,9 +274,9 @@ def test_curve_table_cis_bracket_the_estimate_and_best_pair_is_the_pair_envelope
 def test_curve_table_is_reproducible_and_seed_dependent(
     results: pd.DataFrame, curves: pd.DataFrame
 ) -> None:
-    again = figures.curve_table(results, n_resamples=200, seed=0)
+    again = curve_stats.curve_table(results, n_resamples=200, seed=0)
     pd.testing.assert_frame_equal(again, curves)
-    other = figures.curve_table(results, n_resamples=200, seed=1)
+    other = curve_stats.curve_table(results, n_resamples=200, seed=1)
     assert not np.allclose(other["area_low"], curves["area_low"])
     np.testing.assert_allclose(other["area"], curves["area"])  # estimates do not depend on the seed
 
@@ -290,10 +290,10 @@ def test_curve_table_names_a_method_that_misses_inputs(results: pd.DataFrame) ->
         ].index
     )
     with pytest.raises(
-        figures.AnalysisError,
+        names.AnalysisError,
         match=r"dataset 'mmlu': method 'router' \(λ=0.6\) does not cover every input",
     ):
-        figures.curve_table(broken, n_resamples=10)
+        curve_stats.curve_table(broken, n_resamples=10)
 
 
 @settings(max_examples=25, deadline=None)
@@ -309,8 +309,10 @@ def test_bootstrap_of_means_brackets_the_mean(
     values = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
     q = np.array(data.draw(st.lists(values, min_size=n * m, max_size=n * m))).reshape(n, m)
     c = q + 1.0
-    pts = figures._Points([(f"m{i}", float("nan")) for i in range(m)], q, c)
-    cis = figures._bootstrap(pts, {"mean0": lambda qq, cc: float(qq[0])}, confidence, 200, seed=3)
+    pts = curve_stats.CurvePoints([(f"m{i}", float("nan")) for i in range(m)], q, c)
+    cis = curve_stats.resampled_statistics(
+        pts, {"mean0": lambda qq, cc: float(qq[0])}, confidence, 200, seed=3
+    )
     ci = cis["mean0"]
     assert ci.estimate == pytest.approx(q[:, 0].mean())
     assert q[:, 0].min() - 1e-9 <= ci.low <= ci.estimate + 1e-9
@@ -321,7 +323,7 @@ def test_bootstrap_of_means_brackets_the_mean(
 
 
 def test_operating_points_follow_the_smallest_matching_lambda(summary: pd.DataFrame) -> None:
-    points = figures.operating_points(summary)
+    points = tables.operating_points(summary)
     assert set(points["method"]) == set(summary["method"])
     for p in points[points["method"] == "dp"].itertuples():
         data = summary[(summary["dataset"] == p.dataset)]
@@ -337,7 +339,7 @@ def test_operating_points_follow_the_smallest_matching_lambda(summary: pd.DataFr
 
 
 def test_headline_table_reports_dp_with_cis(results, summary, curves) -> None:
-    head = figures.headline_table(results, summary, curves, method="dp", n_resamples=200, seed=0)
+    head = tables.headline_table(results, summary, curves, method="dp", n_resamples=200, seed=0)
     assert list(head["dataset"]) == ["mmlu", "truthfulqa"]
     for col in (
         "speedup",
@@ -374,12 +376,12 @@ def test_headline_table_reports_dp_with_cis(results, summary, curves) -> None:
 
 
 def test_headline_table_unknown_method_is_one_clear_error(results, summary, curves) -> None:
-    with pytest.raises(figures.AnalysisError, match="headline method 'nope'"):
-        figures.headline_table(results, summary, curves, method="nope")
+    with pytest.raises(names.AnalysisError, match="headline method 'nope'"):
+        tables.headline_table(results, summary, curves, method="nope")
 
 
 def test_accuracy_latency_marks_follow_holm(summary: pd.DataFrame) -> None:
-    table = figures.accuracy_latency_table(summary)
+    table = tables.accuracy_latency_table(summary)
     assert set(table["dataset"]) == {"mmlu", "truthfulqa"}
     assert (table["quality_mark"] == np.where(table["p_quality_holm"] < 0.05, "*", "")).all()
     assert (table["latency_mark"] == np.where(table["p_latency_holm"] < 0.05, "*", "")).all()
@@ -414,7 +416,7 @@ def test_display_table_writes_cis_marks_and_dashes() -> None:
             "matched": [True, False],
         }
     )
-    out = figures.display_table(df)
+    out = tables.display_table(df)
     assert list(out.columns) == [
         "method",
         "λ / budget",
@@ -435,8 +437,8 @@ def test_display_table_writes_cis_marks_and_dashes() -> None:
 
 def test_write_csv_and_html_with_sidecars(tmp_path: Path, summary: pd.DataFrame) -> None:
     prov = {"git_commit": "abc", "params_digest": "d1", "profile": "smoke", "created_utc": "now"}
-    table = figures.accuracy_latency_table(summary)
-    csv, page = figures.write_csv_and_html(
+    table = tables.accuracy_latency_table(summary)
+    csv, page = tables.write_csv_and_html(
         table,
         tmp_path / "t" / "05_accuracy_latency",
         prov,
@@ -462,28 +464,28 @@ def test_write_csv_and_html_with_sidecars(tmp_path: Path, summary: pd.DataFrame)
 
 
 def test_settings_reject_bad_values_naming_the_key() -> None:
-    assert figures.AnalysisSettings().confidence == pytest.approx(0.95)
-    with pytest.raises(figures.AnalysisError, match="analysis_bootstrap_resamples"):
-        figures.AnalysisSettings(n_resamples=0)
-    with pytest.raises(figures.AnalysisError, match="analysis_alpha"):
-        figures.AnalysisSettings(alpha=1.5)
-    with pytest.raises(figures.AnalysisError, match="analysis_ci_method"):
-        figures.AnalysisSettings(ci_method="bca")
+    assert names.AnalysisSettings().confidence == pytest.approx(0.95)
+    with pytest.raises(names.AnalysisError, match="analysis_bootstrap_resamples"):
+        names.AnalysisSettings(n_resamples=0)
+    with pytest.raises(names.AnalysisError, match="analysis_alpha"):
+        names.AnalysisSettings(alpha=1.5)
+    with pytest.raises(names.AnalysisError, match="analysis_ci_method"):
+        names.AnalysisSettings(ci_method="bca")
 
 
 def test_load_results_errors(tmp_path: Path) -> None:
-    with pytest.raises(figures.AnalysisError, match="results table not found"):
-        figures.load_results(tmp_path / "04_results.parquet")
+    with pytest.raises(names.AnalysisError, match="results table not found"):
+        names.load_results(tmp_path / "04_results.parquet")
     pd.DataFrame({"method": ["x"]}).to_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(figures.AnalysisError, match=r"bad.parquet: evaluation table lacks column"):
-        figures.load_results(tmp_path / "bad.parquet")
+    with pytest.raises(names.AnalysisError, match=r"bad.parquet: evaluation table lacks column"):
+        names.load_results(tmp_path / "bad.parquet")
 
 
 # -- figures ---------------------------------------------------------------------------------
 
 
 def test_pareto_has_a_panel_per_dataset_with_every_baseline(summary: pd.DataFrame) -> None:
-    fig = figures.pareto(summary)
+    fig = pareto.pareto(summary)
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert len(panels) == 2
     text = _texts(fig)
@@ -507,21 +509,21 @@ def test_pareto_has_a_panel_per_dataset_with_every_baseline(summary: pd.DataFram
     from matplotlib.collections import PolyCollection
 
     assert any(isinstance(c, PolyCollection) for c in panels[0].collections)
-    single = figures.pareto(summary, datasets=["truthfulqa"])
+    single = pareto.pareto(summary, datasets=["truthfulqa"])
     assert len([ax for ax in single.axes if ax.get_visible()]) == 1
 
 
 def test_lambda_sweep_is_log_x_with_every_ablation(summary: pd.DataFrame) -> None:
-    fig = figures.lambda_sweep(summary)
+    fig = pareto.lambda_sweep(summary)
     assert len(fig.axes) == 4
     assert all(ax.get_xscale() == "log" for ax in fig.axes)
     text = _texts(fig)
     present = set(summary["method"])
     assert {"dp", "dp_myopic"} <= present
-    for m in figures.ABLATIONS:
-        assert (figures.label(m) in text) == (m in present)
+    for m in names.ABLATIONS:
+        assert (names.label(m) in text) == (m in present)
     dp_line = next(
-        line for line in fig.axes[0].get_lines() if line.get_label() == figures.label("dp")
+        line for line in fig.axes[0].get_lines() if line.get_label() == names.label("dp")
     )
     np.testing.assert_allclose(dp_line.get_xdata(), LAMS)
 
@@ -535,15 +537,15 @@ def test_stage_usage_bars_sum_to_one(results: pd.DataFrame) -> None:
     assert len(heights) == len(LAMS) + 1  # every λ and the oracle router
     np.testing.assert_allclose(list(heights.values()), 1.0)
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels == ["λ=0.1", "λ=1", "λ=10", figures.label("oracle_router")]
-    with pytest.raises(figures.AnalysisError, match="'nope' is not in the results table"):
+    assert labels == ["λ=0.1", "λ=1", "λ=10", names.label("oracle_router")]
+    with pytest.raises(names.AnalysisError, match="'nope' is not in the results table"):
         figures.stage_usage(results, method="nope")
 
 
 def test_latency_cdf_uses_the_operating_points(
     results: pd.DataFrame, summary: pd.DataFrame
 ) -> None:
-    points = figures.operating_points(summary)
+    points = tables.operating_points(summary)
     fig = figures.latency_cdf(results, points=points)
     text = _texts(fig)
     dp_lam = points[(points["method"] == "dp") & (points["dataset"] == "mmlu")]["lam"].iloc[0]
@@ -552,14 +554,14 @@ def test_latency_cdf_uses_the_operating_points(
     for line in fig.axes[0].get_lines():
         y = line.get_ydata()
         assert y[-1] == pytest.approx(1.0) and np.all(np.diff(y) > 0)
-    with pytest.raises(figures.AnalysisError, match="not in the results table"):
+    with pytest.raises(names.AnalysisError, match="not in the results table"):
         figures.latency_cdf(results, methods=["stage_9"])
 
 
 def test_area_and_ablation_bars(curves: pd.DataFrame) -> None:
     fig = figures.ablation_bars(curves)
     ax = fig.axes[0]
-    present = [m for m in figures.ABLATIONS if m in set(curves["method"])]
+    present = [m for m in names.ABLATIONS if m in set(curves["method"])]
     assert len(present) >= 4 and len(ax.patches) == len(present) * 2
     dp = curves[curves["method"] == "dp"].sort_values("dataset")["area"].to_numpy()
     heights = [p.get_height() for p in ax.patches[:2]]
@@ -582,7 +584,7 @@ def test_online_vs_replay() -> None:
     assert "λ = 1: final stage agrees on 75% (n = 4)" in text
     assert "λ = 10: final stage agrees on 100% (n = 4)" in text
     assert "87.5%" in text and "y = x" in text
-    with pytest.raises(figures.AnalysisError, match="lacks column"):
+    with pytest.raises(names.AnalysisError, match="lacks column"):
         figures.online_vs_replay(online.drop(columns=["replay_s"]))
 
 
@@ -592,16 +594,16 @@ def test_online_vs_replay() -> None:
 def test_one_input_per_dataset_gives_undefined_cis_not_errors() -> None:
     tiny = synthetic_results(n_items=1, seeds=(1,))
     summary = stats.summarise(tiny, n_resamples=20, ci_method="percentile")
-    curves = figures.curve_table(tiny, n_resamples=20)
+    curves = curve_stats.curve_table(tiny, n_resamples=20)
     assert curves["area_low"].isna().all()
-    head = figures.headline_table(tiny, summary, curves, n_resamples=20)
+    head = tables.headline_table(tiny, summary, curves, n_resamples=20)
     # one input: point estimates exist, their intervals do not
     assert head["quality_diff_low"].isna().all() and head["saving_share_low"].isna().all()
-    table = figures.accuracy_latency_table(summary)
+    table = tables.accuracy_latency_table(summary)
     assert table[table["method"] == "dp"]["operating_point"].str.contains("95%").all()
     for fig in (
-        figures.pareto(summary),
-        figures.lambda_sweep(summary),
+        pareto.pareto(summary),
+        pareto.lambda_sweep(summary),
         figures.stage_usage(tiny),
         figures.latency_cdf(tiny),
         figures.ablation_bars(curves),
@@ -685,5 +687,5 @@ def test_decision_boundaries_draw_every_state_and_the_entry() -> None:
     assert titles[:2] == ["after s0 (direct)", "entry (held-out inputs)"]
     text = _texts(fig)
     assert "restart → s1" in text and "stop" in text and "enter s1" in text
-    with pytest.raises(figures.AnalysisError, match="lacks column"):
+    with pytest.raises(names.AnalysisError, match="lacks column"):
         figures.decision_boundaries(decisions.drop(columns=["p_low"]))

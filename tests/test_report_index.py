@@ -19,7 +19,7 @@ import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from asd_core.analysis.figures import write_csv_and_html  # noqa: E402
+from asd_core.analysis.tables import write_csv_and_html  # noqa: E402
 from asd_core.ground.errors import AsdError  # noqa: E402
 from asd_core.ground.files import atomic_write_text  # noqa: E402
 from asd_core.ground.provenance import index, save_figure, write_table
