@@ -22,7 +22,7 @@ from asd_core.analysis.names import BEST_PAIR, CHEAPEST, ORACLE, ROUTER, Analysi
 from asd_core.ground import stats
 
 # Elements per batch of resample weights (B × n), to bound memory.
-_BATCH_ELEMENTS = 4_000_000
+BATCH_ELEMENTS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def resampled_statistics(
         return {k: stats.CI(v, np.nan, np.nan, confidence, "none") for k, v in full.items()}
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in statistics}
-    batch = max(1, _BATCH_ELEMENTS // n)
+    batch = max(1, BATCH_ELEMENTS // n)
     for start in range(0, n_resamples, batch):
         b = min(batch, n_resamples - start)
         idx = rng.integers(0, n, size=(b, n))

@@ -39,12 +39,12 @@ from asd_core.analysis.names import (
     stage_index,
 )
 from asd_core.analysis.style import (
-    _colour,
-    _err,
-    _figure_legend,
-    _grid,
-    _palette,
-    _plain_log_ticks,
+    error_bars,
+    figure_legend,
+    method_colour,
+    method_palette,
+    panel_grid,
+    plain_log_ticks,
 )
 from asd_core.analysis.tables import select_rows
 
@@ -72,7 +72,7 @@ def online_vs_replay(online: pd.DataFrame) -> Figure:
     if online.empty:
         raise AnalysisError("online table is empty: nothing ran online")
     fig, ax = plt.subplots(figsize=(6.0, 5.2))
-    pal = _palette()
+    pal = method_palette()
     for i, (lam, g) in enumerate(online.groupby("lam", sort=True)):
         agree = g["depth_agrees"].astype(float).mean()
         ax.scatter(
@@ -89,7 +89,7 @@ def online_vs_replay(online: pd.DataFrame) -> Figure:
         ax.set_xscale("log")
         ax.set_yscale("log")
     ax.plot([lo, hi], [lo, hi], color="0.3", lw=1, ls="--", label="y = x")
-    _plain_log_ticks(ax)
+    plain_log_ticks(ax)
     overall = online["depth_agrees"].astype(float).mean()
     ax.set(
         xlabel="replayed latency per input (s)",
@@ -127,16 +127,16 @@ def decision_boundaries(decisions: pd.DataFrame) -> Figure:
     right = np.concatenate([mids, [lams[-1] * 1.5]]) if len(lams) else lams
     span = dict(zip(lams.tolist(), zip(left, right, strict=True), strict=True))
     actions = sorted(set(states["action"]), key=lambda a: (a != "stop", a.startswith("restart"), a))
-    pal = _palette()
+    pal = method_palette()
     colour = {a: ("0.85" if a == "stop" else pal[i % len(pal)]) for i, a in enumerate(actions)}
-    fig, axes = _grid(len(panels) + 1, 3, 4.6, 3.4)
+    fig, axes = panel_grid(len(panels) + 1, 3, 4.6, 3.4)
     for ax, (stage, view) in zip(axes.flat, panels, strict=False):
         rows = states[(states["stage"] == stage) & (states["view"] == view)]
         for r in rows.itertuples():
             x0, x1 = span[float(r.lam)]
             ax.fill_between([x0, x1], r.p_low, r.p_high, color=colour[r.action], lw=0)
         ax.set_xscale("log")
-        _plain_log_ticks(ax)
+        plain_log_ticks(ax)
         ax.set(
             xlim=(left[0], right[-1]),
             ylim=(0, 1),
@@ -168,7 +168,7 @@ def decision_boundaries(decisions: pd.DataFrame) -> Figure:
         )
         bottom += share
     ax.set_xscale("log")
-    _plain_log_ticks(ax)
+    plain_log_ticks(ax)
     ax.set(
         xlim=(left[0], right[-1]),
         ylim=(0, 1),
@@ -233,7 +233,7 @@ def stage_usage(
         ax.set_xticks(x, [p[0] for p in parts], rotation=45, ha="right", fontsize=8)
         ax.set(ylim=(0, 1), ylabel="share of inputs", title=f"{dataset}: {label(method)}")
         ax.grid(alpha=0.3, axis="y")
-    _figure_legend(fig, [axes.flat[0]])
+    figure_legend(fig, [axes.flat[0]])
     fig.tight_layout()
     return fig
 
@@ -261,7 +261,7 @@ def latency_cdf(
     if unknown:
         raise AnalysisError(f"method(s) {', '.join(unknown)} not in the results table")
     names = datasets_in(results, datasets)
-    fig, axes = _grid(len(names), 2, 5.6, 4.0)
+    fig, axes = panel_grid(len(names), 2, 5.6, 4.0)
     for ax, dataset in zip(axes.flat, names, strict=False):
         data = results[results["dataset"] == dataset]
         span = []
@@ -282,7 +282,7 @@ def latency_cdf(
                 continue
             span.append(cost)
             k = stage_index(name)
-            colour = str(0.15 + 0.55 * k / 4) if k is not None else _colour(name)
+            colour = str(0.15 + 0.55 * k / 4) if k is not None else method_colour(name)
             ax.step(
                 cost,
                 np.arange(1, cost.size + 1) / cost.size,
@@ -300,7 +300,7 @@ def latency_cdf(
             ylim=(0, 1.02),
             title=f"{dataset} (n = {data['item_id'].nunique()})",
         )
-        _plain_log_ticks(ax)
+        plain_log_ticks(ax)
         ax.grid(alpha=0.3)
         # per panel: the operating points (and so the labels) differ between datasets
         ax.legend(
@@ -335,14 +335,14 @@ def area_bars(
     for i, name in enumerate(shown):
         rows = curves[curves["method"] == name].set_index("dataset").reindex(names)
         est = rows["area"].to_numpy(float)
-        yerr = _err(est, rows["area_low"], rows["area_high"]) if has_ci else None
+        yerr = error_bars(est, rows["area_low"], rows["area_high"]) if has_ci else None
         ax.bar(
             x + (i - (len(shown) - 1) / 2) * width,
             np.nan_to_num(est),
             width=width * 0.95,
             yerr=yerr,
             capsize=2,
-            color=_colour(name, ablation=ablation),
+            color=method_colour(name, ablation=ablation),
             label=label(name),
         )
     ax.axhline(0.5, color="0.4", lw=0.8, ls="--", label="0.5: random mixing of stage 0 and deepest")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,15 +22,19 @@ from asd_core.analysis.names import (
     summary_row,
 )
 from asd_core.analysis.style import (
-    _colour,
-    _err,
-    _figure_legend,
-    _grid,
-    _plain_log_ticks,
-    _sparse_labels,
-    _stage_colour,
+    error_bars,
+    figure_legend,
+    method_colour,
+    panel_grid,
+    plain_log_ticks,
+    sparse_labels,
+    stage_colour,
 )
 from asd_core.ground import stats
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def pareto(
@@ -52,12 +54,12 @@ def pareto(
     """
     reference = reference or stats.deepest_stage(summary)
     names = datasets_in(summary, datasets)
-    fig, axes = _grid(len(names), 2, 6.0, 4.6)
+    fig, axes = panel_grid(len(names), 2, 6.0, 4.6)
     for ax, dataset in zip(axes.flat, names, strict=False):
         _pareto_panel(
             ax, summary[summary["dataset"] == dataset], dataset, curves, method, reference
         )
-    _figure_legend(fig, list(axes.flat[: len(names)]))
+    figure_legend(fig, list(axes.flat[: len(names)]))
     fig.suptitle("Quality vs cost (95% CIs over inputs)" if len(names) > 1 else "", y=1.0)
     fig.tight_layout()
     return fig
@@ -100,9 +102,14 @@ def _pareto_panel(
                 continue
             pts = pairs[["cost", "quality"]].to_numpy(float)
             hull = stats.upper_hull(pts[:, 0], pts[:, 1])
-            ax.scatter(rel(pts[:, 0]), pts[:, 1], s=8, color=_colour(name), alpha=0.35)
+            ax.scatter(rel(pts[:, 0]), pts[:, 1], s=8, color=method_colour(name), alpha=0.35)
             ax.plot(
-                rel(pts[hull, 0]), pts[hull, 1], "-", color=_colour(name), lw=1.6, label=label(name)
+                rel(pts[hull, 0]),
+                pts[hull, 1],
+                "-",
+                color=method_colour(name),
+                lw=1.6,
+                label=label(name),
             )
             continue
         rows = data[data["method"] == name].sort_values("cost")
@@ -114,13 +121,13 @@ def _pareto_panel(
             "-o",
             ms=3.5,
             lw=1.3,
-            color=_colour(name),
+            color=method_colour(name),
             label=label(name),
         )
 
     ours = data[data["method"] == method].sort_values("cost")
     if not ours.empty:
-        colour = _colour(method)
+        colour = method_colour(method)
         x = rel(ours["cost"])
         ax.fill_between(
             x,
@@ -134,7 +141,7 @@ def _pareto_panel(
         ax.errorbar(
             x,
             ours["quality"],
-            xerr=_err(x, rel(ours["cost_low"]), rel(ours["cost_high"])),
+            xerr=error_bars(x, rel(ours["cost_low"]), rel(ours["cost_high"])),
             fmt="-o",
             ms=4.5,
             lw=2.0,
@@ -143,7 +150,7 @@ def _pareto_panel(
             label=f"{label(method)}, λ sweep",
             zorder=5,
         )
-        for xi, yi, lam in _sparse_labels(x, ours["quality"].to_numpy(float), ours["lam"]):
+        for xi, yi, lam in sparse_labels(x, ours["quality"].to_numpy(float), ours["lam"]):
             ax.annotate(
                 f"λ={lam:.2g}", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7
             )
@@ -156,15 +163,19 @@ def _pareto_panel(
             continue
         k = stage_index(name)
         if k is not None:
-            colour, marker, size = _stage_colour(k, len(singles)), markers[k % len(markers)], 7
+            colour, marker, size = stage_colour(k, len(singles)), markers[k % len(markers)], 7
         else:
-            colour, marker, size = _colour(name), "*" if name.startswith("oracle") else "X", 11
+            colour, marker, size = (
+                method_colour(name),
+                "*" if name.startswith("oracle") else "X",
+                11,
+            )
         x0 = rel(r["cost"])
         ax.errorbar(
             [x0],
             [r["quality"]],
-            xerr=_err(np.array([x0]), rel([r["cost_low"]]), rel([r["cost_high"]])),
-            yerr=_err(
+            xerr=error_bars(np.array([x0]), rel([r["cost_low"]]), rel([r["cost_high"]])),
+            yerr=error_bars(
                 np.array([r["quality"]]),
                 np.array([r["quality_low"]]),
                 np.array([r["quality_high"]]),
@@ -192,10 +203,6 @@ def lambda_sweep(
     reference: str | None = None,
     oracle: str = ORACLE,
 ) -> Figure:
-
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
     """Quality (top row) and relative cost (bottom row) vs λ per dataset, log-x.
 
     Only methods whose ``lam`` is a real λ belong here (``dp`` and its ablations); the DP gets
@@ -220,7 +227,7 @@ if TYPE_CHECKING:
             rows = data[(data["method"] == name) & data["lam"].notna()].sort_values("lam")
             if rows.empty:
                 continue
-            colour = _colour(name, ablation=True)
+            colour = method_colour(name, ablation=True)
             ours = name == "dp"
             lw, ms = (2.2, 2.5) if ours else (1.1, 0)
             lam = rows["lam"].to_numpy(float)
@@ -254,16 +261,16 @@ if TYPE_CHECKING:
         orc = summary_row(data, oracle)
         if orc is not None:
             bottom.axhline(
-                orc["cost"] / scale, color=_colour(oracle), lw=1, ls=":", label=label(oracle)
+                orc["cost"] / scale, color=method_colour(oracle), lw=1, ls=":", label=label(oracle)
             )
         for ax in (top, bottom):
             ax.set_xscale("log")
-            _plain_log_ticks(ax)
+            plain_log_ticks(ax)
             ax.grid(alpha=0.3, which="both")
         top.set(
             title=f"{dataset} (n = {int(ref['n_inputs'])})", ylabel="quality (accuracy or score)"
         )
         bottom.set(xlabel="λ (weight of quality loss)", ylabel="cost relative to the deepest stage")
-    _figure_legend(fig, list(axes.flat))
+    figure_legend(fig, list(axes.flat))
     fig.tight_layout()
     return fig

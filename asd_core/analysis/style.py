@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,9 +13,13 @@ from asd_core.analysis.names import (
     BEST_PAIR,
 )
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 # Palette indices into seaborn's colour-blind palette; the Pareto figure and the ablation
 # figures never share a panel, so the two groups may reuse colours.
-_BASELINE_COLOURS = {
+BASELINE_COLOURS = {
     "dp": 0,
     "static_cascade": 1,
     "router": 2,
@@ -28,33 +30,31 @@ _BASELINE_COLOURS = {
     "draft_verify_deepest": 6,
     "random": 7,
 }
+ABLATION_COLOURS = {m: i for i, m in enumerate(ABLATIONS)}
 
 
-_ABLATION_COLOURS = {m: i for i, m in enumerate(ABLATIONS)}
-
-
-def _palette() -> list[Any]:
+def method_palette() -> list[Any]:
     import seaborn as sns
 
     return list(sns.color_palette("colorblind", 10))
 
 
-def _colour(method: str, ablation: bool = False) -> Any:
-    table = _ABLATION_COLOURS if ablation else _BASELINE_COLOURS
-    pal = _palette()
+def method_colour(method: str, ablation: bool = False) -> Any:
+    table = ABLATION_COLOURS if ablation else BASELINE_COLOURS
+    pal = method_palette()
     if method in table:
         return pal[table[method]]
     return pal[8 + sum(map(ord, method)) % 2]  # stable across runs, unlike hash()
 
 
-def _err(est: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+def error_bars(est: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Asymmetric error bars, shape (2, n); undefined or inverted bounds draw no bar."""
     lower = np.nan_to_num(np.asarray(est, float) - np.asarray(low, float), nan=0.0)
     upper = np.nan_to_num(np.asarray(high, float) - np.asarray(est, float), nan=0.0)
     return np.clip(np.vstack([lower, upper]), 0.0, None)
 
 
-def _grid(n: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+def panel_grid(n: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
     import matplotlib.pyplot as plt
 
     ncols = max(1, min(n, ncols))
@@ -65,7 +65,7 @@ def _grid(n: int, ncols: int, width: float, height: float) -> tuple[Figure, np.n
     return fig, axes
 
 
-def _figure_legend(fig: Figure, axes: Sequence[Axes]) -> None:
+def figure_legend(fig: Figure, axes: Sequence[Axes]) -> None:
     """One legend for the whole figure, right of the panels, each label once."""
     seen: dict[str, Any] = {}
     for ax in axes:
@@ -81,7 +81,7 @@ def _figure_legend(fig: Figure, axes: Sequence[Axes]) -> None:
         )
 
 
-def _plain_log_ticks(ax: Axes) -> None:
+def plain_log_ticks(ax: Axes) -> None:
     """Label only the major ticks of a log x-axis, as plain numbers (1, 2, 0.5, not 2×10⁰)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -91,20 +91,16 @@ def _plain_log_ticks(ax: Axes) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _stage_colour(k: int, n_stages: int) -> Any:
+def stage_colour(k: int, n_stages: int) -> Any:
     """Stage k's colour: light to dark along one hue, so depth reads at a glance."""
     import seaborn as sns
 
     return sns.color_palette("rocket_r", n_stages + 2)[k + 2]
 
 
-def _sparse_labels(
+def sparse_labels(
     x: np.ndarray, y: np.ndarray, lams: Any, at_most: int = 6
 ) -> list[tuple[float, float, float]]:
-
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
     """The points worth a λ label: distinct positions, spread along the curve, at most
     ``at_most`` — a dense λ grid labelled point by point would print labels over each other."""
     points: list[tuple[float, float, float]] = []
