@@ -7,7 +7,7 @@ measures two things; run it alone (two jobs on two cores time each other):
    prompts at once; tokens per second of wall time (prompt processing included), and of
    decoding alone (the wall time of the same batch writing one token taken off), each with
    its ratio to one prompt.
-2. **Items per hour of data generation** (``datagen.shard_rows``, all stages and every
+2. **Items per hour of data generation** (``shards.shard_rows``, all stages and every
    verification pass) on ``n`` items per task from outside the test split:
    - *old*: one sequence at a time, every verification pass prefills the prompt again and
      scores the whole draft (data generation before batching);
@@ -43,7 +43,8 @@ from asd_core.ground.provenance import cpu_model, provenance, write_table
 from asd_core.models.base import Backend, GenerationParams
 from asd_core.models.common import chat_prompt_ids
 from asd_core.runs.budgets import sample_items
-from asd_core.runs.datagen import DatagenSpec, Entry, prompt_reuse, shard_rows
+from asd_core.runs.selection import DatagenSpec, Entry
+from asd_core.runs.shards import prompt_reuse, shard_rows
 
 BATCHES: Final = (1, 4, 8, 16)
 N_NEW: Final = 64  # tokens written per prompt in the throughput runs

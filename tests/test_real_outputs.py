@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from asd_core.analysis.generation_summaries import summary_table
 from asd_core.data.scoring import answers_agree, score_item
 from asd_core.data.tasks import Item
-from asd_core.runs.datagen import summary_table
 
 FIXTURE = Path(__file__).parent / "fixtures" / "real_outputs.jsonl"
 MODELS = ("smollm2-135m", "qwen-coder-0.5b", "qwen-coder-1.5b")

@@ -8,10 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asd_core.analysis.names import (
-    ABLATIONS,
-    BEST_PAIR,
-)
+from asd_core.analysis.names import ABLATIONS, BEST_PAIR
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

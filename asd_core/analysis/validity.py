@@ -51,7 +51,7 @@ def validity_table(
 ) -> pd.DataFrame:
     """Per task × stage: quality with its CI beside the published figure, and the verdict.
 
-    ``df`` is a generations frame (``datagen.load_generations``); ``stage_sources[k]`` is stage
+    ``df`` is a generations frame (``generations.load_generations``); ``stage_sources[k]`` is stage
     k's ``source`` (it names the model). Quality is the mean of ``correct`` (0/1) over every
     item that has a gold answer.
     """
