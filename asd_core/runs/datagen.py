@@ -54,11 +54,11 @@ from asd_core.runs.generations import (
     rows_to_parquet,
     shard_path,
 )
+from asd_core.runs.selection import DatagenResult, DatagenSpec, prompt_fits, select_entries
+from asd_core.runs.shards import rows_of_shard
 
 if TYPE_CHECKING:
     from asd_core.data.sandbox import SandboxLimits
-from asd_core.runs.selection import DatagenResult, DatagenSpec, prompt_fits, select_entries
-from asd_core.runs.shards import rows_of_shard
 
 Clock = Callable[[], float]
 

@@ -30,11 +30,10 @@ from asd_core.decoding.choice import choice_verdict, respond
 from asd_core.decoding.verify import Verdict, draft_from_generation, verify_batch
 from asd_core.models.base import Backend, Generation
 from asd_core.models.common import chat_prompt_ids
+from asd_core.runs.selection import DatagenSpec, Entry
 
 if TYPE_CHECKING:
     from asd_core.data.sandbox import SandboxLimits
-
-from asd_core.runs.selection import DatagenSpec, Entry
 
 
 def _chunks(idx: Sequence[int], size: int) -> Iterator[list[int]]:
