@@ -18,9 +18,9 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from asd_core.analysis import curve_stats, figures, names, pareto, tables
-from asd_core.ground import stats  # noqa: E402
-from asd_core.ground.provenance import sidecar_path  # noqa: E402
+from asd_core.analysis import curve_stats, figures, names, pareto, summaries, tables
+from asd_core.ground import frontier, stats
+from asd_core.ground.provenance import sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
 LAMS = (0.1, 1.0, 10.0)
@@ -178,7 +178,7 @@ def results() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def summary(results: pd.DataFrame) -> pd.DataFrame:
-    return stats.summarise(results, n_resamples=200, ci_method="percentile")
+    return summaries.summarise(results, n_resamples=200, ci_method="percentile")
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,7 @@ def _texts(fig) -> str:
 
 
 def test_synthetic_table_is_a_valid_results_table(results: pd.DataFrame) -> None:
-    stats.check_table(results)
+    summaries.check_table(results)
     assert set(results.columns) >= {
         "method",
         "lam",
@@ -219,7 +219,7 @@ def test_synthetic_table_is_a_valid_results_table(results: pd.DataFrame) -> None
         "depth",
         "path",
     }
-    assert stats.deepest_stage(results) == "stage_2"
+    assert summaries.deepest_stage(results) == "stage_2"
     tq = results[results["dataset"] == "truthfulqa"]
     assert not stats.is_binary(tq["quality"])  # exercises the Wilcoxon path for scores
 
@@ -230,7 +230,7 @@ def test_synthetic_table_is_a_valid_results_table(results: pd.DataFrame) -> None
 def test_curve_table_matches_stats_curve_summary(
     summary: pd.DataFrame, curves: pd.DataFrame
 ) -> None:
-    reference = stats.curve_summary(summary)
+    reference = summaries.curve_summary(summary)
     merged = curves.merge(reference, on=["method", "dataset"], suffixes=("", "_ref"))
     assert len(merged) == len(reference)  # every real method; best_pair comes on top
     np.testing.assert_allclose(merged["area"], merged["area_ref"], rtol=1e-9, equal_nan=True)
@@ -253,7 +253,7 @@ def test_curve_table_cis_bracket_the_estimate_and_best_pair_is_the_pair_envelope
         pairs = data[data["method"].str.startswith("pair_")]
         lo = data[data["method"] == "stage_0"].iloc[0]
         hi = data[data["method"] == "stage_2"].iloc[0]
-        expected = stats.normalised_area(
+        expected = frontier.normalised_area(
             pairs["cost"],
             pairs["quality"],
             (lo["cost"], lo["quality"]),
@@ -366,7 +366,7 @@ def test_headline_table_reports_dp_with_cis(results, summary, curves) -> None:
                 (summary["dataset"] == r.dataset) & (summary["method"] == "stage_2")
             ].iloc[0]
             assert r.saving_share == pytest.approx(
-                stats.saving_share(row["cost"], orc["cost"], ref["cost"])
+                frontier.saving_share(row["cost"], orc["cost"], ref["cost"])
             )
             assert r.saving_share_low <= r.saving_share <= r.saving_share_high
         else:
@@ -593,7 +593,7 @@ def test_online_vs_replay() -> None:
 
 def test_one_input_per_dataset_gives_undefined_cis_not_errors() -> None:
     tiny = synthetic_results(n_items=1, seeds=(1,))
-    summary = stats.summarise(tiny, n_resamples=20, ci_method="percentile")
+    summary = summaries.summarise(tiny, n_resamples=20, ci_method="percentile")
     curves = curve_stats.curve_table(tiny, n_resamples=20)
     assert curves["area_low"].isna().all()
     head = tables.headline_table(tiny, summary, curves, n_resamples=20)

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from asd_core.analysis import summaries
 from asd_core.data.splits import fold_of
 from asd_core.decoding import protocol
-from asd_core.ground import belief, stats
+from asd_core.ground import belief
 from asd_core.ground.errors import AsdError
 from asd_core.learning.features import FeatureSet, StageView
 from asd_core.learning.predictor import TrainConfig, train_predictor
@@ -244,7 +245,9 @@ def test_evaluate_produces_every_method_and_summarises(
         assert held_out and not held_out & (train_ids | cal_ids)
         assert cal_ids and not cal_ids & train_ids
     assert (results["cost"] > 0).all() and results["quality"].between(0, 1).all()
-    summary = stats.summarise(results, reference="stage_2", n_resamples=200, ci_method="percentile")
+    summary = summaries.summarise(
+        results, reference="stage_2", n_resamples=200, ci_method="percentile"
+    )
     assert {"speedup", "retention"} <= set(summary.columns)
 
 

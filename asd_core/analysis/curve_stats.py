@@ -1,6 +1,6 @@
 """Curve statistics with CIs over inputs: the normalised area under the quality–cost curve, the oracle gap and the share of the oracle's saving.
 
-These are statistics of a whole curve, which :func:`asd_core.ground.stats.summarise` does not
+These are statistics of a whole curve, which :func:`asd_core.analysis.summaries.summarise` does not
 bootstrap: one set of input resamples per dataset is drawn (seeded), every (method, λ) point's
 mean quality and cost is recomputed on each, and the statistic is evaluated on those means
 (:func:`asd_core.ground.stats.resampled_means`). Seeds are averaged per input first, as in
@@ -18,11 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from asd_core.analysis import summaries
 from asd_core.analysis.names import BEST_PAIR, CHEAPEST, ORACLE, ROUTER, AnalysisError, ordered
-from asd_core.ground import stats
-
-# Elements per batch of resample weights (B × n), to bound memory.
-BATCH_ELEMENTS = 4_000_000
+from asd_core.ground import frontier, stats
 
 
 @dataclass(frozen=True)
@@ -84,45 +82,17 @@ def resampled_statistics(
 ) -> dict[str, stats.CI]:
     """Percentile CIs of statistics of the points' mean quality and cost, resampling inputs.
 
-    Every statistic sees the same resamples (drawn from ``seed``), so CIs of different methods
-    are paired. Resamples on which a statistic is NaN are dropped while they are at most the
-    tail mass (1 − confidence)/2 of all, else the bounds are NaN; +inf (an oracle quality never
-    reached) is ordered like any value. Fewer than 2 inputs give NaN bounds.
+    Every statistic sees the same resamples (:func:`asd_core.ground.stats.bootstrap_of_means`),
+    so CIs of different methods are paired.
     """
-    q, c = points.quality, points.cost
-    n = q.shape[0]
-    full = {k: f(q.mean(axis=0), c.mean(axis=0)) for k, f in statistics.items()}
-    if n < 2:
-        return {k: stats.CI(v, np.nan, np.nan, confidence, "none") for k, v in full.items()}
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in statistics}
-    batch = max(1, BATCH_ELEMENTS // n)
-    for start in range(0, n_resamples, batch):
-        b = min(batch, n_resamples - start)
-        idx = rng.integers(0, n, size=(b, n))
-        weights = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n)
-        weights = weights.reshape(b, n) / n
-        qb, cb = weights @ q, weights @ c
-        for k, f in statistics.items():
-            draws[k].extend(f(qb[i], cb[i]) for i in range(b))
-    tail = (1.0 - confidence) / 2.0
-    out = {}
-    for k, values in draws.items():
-        arr = np.asarray(values, dtype=float)
-        undefined = np.isnan(arr)
-        # A few undefined resamples (e.g. stage 0 and the deepest tie, so the area is 0/0) are
-        # dropped; more than the tail mass and no interval can be trusted.
-        if np.isnan(full[k]) or undefined.mean() > tail:
-            out[k] = stats.CI(full[k], np.nan, np.nan, confidence, "undefined")
-            continue
-        low, high = np.quantile(arr[~undefined], [tail, 1.0 - tail], method="inverted_cdf")
-        out[k] = stats.CI(full[k], float(low), float(high), confidence, "percentile")
-    return out
+    return stats.bootstrap_of_means(
+        (points.quality, points.cost), statistics, confidence, n_resamples, seed
+    )
 
 
 def _area(points: CurvePoints, cols: np.ndarray, lo: int, hi: int) -> Statistic:
     def f(q: np.ndarray, c: np.ndarray) -> float:
-        return stats.normalised_area(c[cols], q[cols], (c[lo], q[lo]), (c[hi], q[hi]))
+        return frontier.normalised_area(c[cols], q[cols], (c[lo], q[lo]), (c[hi], q[hi]))
 
     return f
 
@@ -142,7 +112,7 @@ def _gap(cols: np.ndarray, orc: int) -> Statistic:
     def f(q: np.ndarray, c: np.ndarray) -> float:
         if not c[orc] > 0:
             return float("nan")
-        gap = stats.oracle_gap(c[cols], q[cols], c[orc], q[orc])
+        gap = frontier.oracle_gap(c[cols], q[cols], c[orc], q[orc])
         return gap.ratio if gap.reached else float("inf")
 
     return f
@@ -150,7 +120,7 @@ def _gap(cols: np.ndarray, orc: int) -> Statistic:
 
 def saving_share(col: int, orc: int, hi: int) -> Statistic:
     def f(q: np.ndarray, c: np.ndarray) -> float:
-        return stats.saving_share(c[col], c[orc], c[hi])
+        return frontier.saving_share(c[col], c[orc], c[hi])
 
     return f
 
@@ -177,15 +147,15 @@ def curve_table(
 
     ``results`` is the tidy results table. A method's curve is its (mean cost, mean quality)
     points, one per λ; ``best_pair`` pools every ``pair_i_j``. The area is
-    :func:`stats.normalised_area` between ``cheapest`` and ``reference`` (the same number as
-    :func:`stats.curve_summary`); the oracle gap is :func:`stats.oracle_gap`'s ratio against
+    :func:`frontier.normalised_area` between ``cheapest`` and ``reference`` (the same number as
+    :func:`summaries.curve_summary`); the oracle gap is :func:`frontier.oracle_gap`'s ratio against
     ``oracle`` (+inf when the curve never reaches the oracle's quality, NaN without an oracle).
     Columns: method, dataset, n_points, n_inputs, area/_low/_high, area_vs_router/_low/_high
     (the method's area minus the router's on the same resamples: a paired CI), oracle_gap/_low/
     _high, reaches_oracle, and ``reason`` saying why a figure is undefined (NaN).
     """
-    stats.check_table(results)
-    reference = reference or stats.deepest_stage(results)
+    summaries.check_table(results)
+    reference = reference or summaries.deepest_stage(results)
     present = set(map(str, results["method"].unique()))
     if methods is None:
         methods = ordered(

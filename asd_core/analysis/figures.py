@@ -1,7 +1,7 @@
 """Figures and tables of the paper (DESIGN §10, §11): what notebooks 04 and 05 show.
 
 Inputs are notebook 04's tidy results table (one row per method × λ × seed × dataset × input, see
-:mod:`asd_core.runs.evaluate`) and :func:`asd_core.ground.stats.summarise`'s summary of it. Figure
+:mod:`asd_core.runs.evaluate`) and :func:`asd_core.analysis.summaries.summarise`'s summary of it. Figure
 functions return a matplotlib ``Figure``; table functions return DataFrames with numeric
 estimates and CI bounds as columns ``x``, ``x_low``, ``x_high``, which :func:`display_table`
 turns into "est [low, high]" text and :func:`write_csv_and_html` writes as CSV + HTML.
@@ -319,7 +319,7 @@ def area_bars(
     """Grouped bars of each method's normalised area per dataset, with CI bars when present.
 
     ``curves`` has columns method, dataset, area and optionally area_low/area_high
-    (:func:`curve_table`, or :func:`stats.curve_summary` without CIs). 0 = the cheapest stage's
+    (:func:`curve_table`, or :func:`summary.curve_summary` without CIs). 0 = the cheapest stage's
     quality at every cost, 1 = the deepest stage's; random mixing of the two scores 0.5.
     """
     import matplotlib.pyplot as plt

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from asd_core.analysis import summaries
 from asd_core.ground import stats
 from asd_core.ground.errors import AsdError
 
@@ -139,13 +140,13 @@ class AnalysisSettings:
 
 
 def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Notebook 04's results table, checked (:func:`stats.check_table`)."""
+    """Notebook 04's results table, checked (:func:`summaries.check_table`)."""
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"{path}: results table not found (run notebook 04 first)")
     df = pd.read_parquet(path)
     try:
-        stats.check_table(df)
+        summaries.check_table(df)
     except stats.StatsError as err:
         raise AnalysisError(f"{path}: {err}") from None
     return df

@@ -30,7 +30,6 @@ from asd_core.analysis.style import (
     sparse_labels,
     stage_colour,
 )
-from asd_core.ground import stats
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,13 +45,13 @@ def pareto(
 ) -> Figure:
     """Quality vs cost relative to the deepest stage: one panel per dataset.
 
-    ``summary`` is :func:`stats.summarise`'s output. Each panel shows every stage alone, the
+    ``summary`` is :func:`summary.summarise`'s output. Each panel shows every stage alone, the
     oracles and the draft + verify route as points with CI bars, the ``curves`` baselines
     (``best_pair`` = the upper envelope of all pairs' points), the ``method`` λ curve with its
     quality CI as a band and cost CIs as bars, and the deepest stage's quality CI as a grey band.
     Cost is each method's mean seconds ÷ the deepest stage's mean seconds.
     """
-    reference = reference or stats.deepest_stage(summary)
+    reference = reference or summary.deepest_stage(summary)
     names = datasets_in(summary, datasets)
     fig, axes = panel_grid(len(names), 2, 6.0, 4.6)
     for ax, dataset in zip(axes.flat, names, strict=False):
@@ -101,7 +100,7 @@ def _pareto_panel(
             if pairs.empty:
                 continue
             pts = pairs[["cost", "quality"]].to_numpy(float)
-            hull = stats.upper_hull(pts[:, 0], pts[:, 1])
+            hull = curves.upper_hull(pts[:, 0], pts[:, 1])
             ax.scatter(rel(pts[:, 0]), pts[:, 1], s=8, color=method_colour(name), alpha=0.35)
             ax.plot(
                 rel(pts[hull, 0]),
@@ -211,7 +210,7 @@ def lambda_sweep(
     """
     import matplotlib.pyplot as plt
 
-    reference = reference or stats.deepest_stage(summary)
+    reference = reference or summary.deepest_stage(summary)
     names = datasets_in(summary, datasets)
     fig, axes = plt.subplots(
         2, len(names), figsize=(4.4 * len(names), 6.8), squeeze=False, sharex="col"

@@ -18,7 +18,7 @@ import pandas as pd
 
 from asd_core.analysis.curve_stats import CurvePoints, Statistic, resampled_statistics, saving_share
 from asd_core.analysis.names import AREA_METHODS, ORACLE, AnalysisError, order_key, summary_row
-from asd_core.ground import stats
+from asd_core.ground import frontier, stats
 from asd_core.ground.provenance import write_html, write_table
 
 
@@ -50,7 +50,7 @@ def headline_table(
     s_per_quality (mean cost per unit of mean quality) beside the deepest stage's, and
     ``reason`` naming why a figure is NaN.
     """
-    reference = reference or stats.deepest_stage(summary)
+    reference = reference or summary.deepest_stage(summary)
     if not (summary["method"] == method).any():
         raise AnalysisError(f"headline method '{method}' is not in the summary table")
     points = operating_points(summary, reference)
@@ -281,10 +281,10 @@ def operating_points(summary: pd.DataFrame, reference: str | None = None) -> pd.
     """Each method's operating point per dataset: which λ a table or figure shows.
 
     Single-point methods: their one row. Methods with a λ sweep: the smallest λ whose quality
-    keeps 95% of the deepest stage's (:func:`stats.smallest_matching_lambda`); when none does,
+    keeps 95% of the deepest stage's (:func:`frontier.smallest_matching_lambda`); when none does,
     the λ of highest quality. Columns: method, dataset, lam, matched, rule.
     """
-    reference = reference or stats.deepest_stage(summary)
+    reference = reference or summary.deepest_stage(summary)
     records = []
     for dataset, data in summary.groupby("dataset", sort=True):
         ref = summary_row(data, reference)
@@ -295,7 +295,7 @@ def operating_points(summary: pd.DataFrame, reference: str | None = None) -> pd.
             if swept.empty or method == reference:
                 lam, matched, rule = rows["lam"].iloc[0], False, "single point"
             else:
-                lam = stats.smallest_matching_lambda(
+                lam = frontier.smallest_matching_lambda(
                     swept["lam"], swept["quality"], float(ref["quality"])
                 )
                 matched = bool(np.isfinite(lam))

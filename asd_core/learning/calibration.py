@@ -3,8 +3,8 @@
 Metrics of probabilities ``p`` against 0/1 labels ``y``: AUC (NaN when the labels hold one
 class), Brier score, expected calibration error over 15 equal-width bins, and the per-bin data of
 a reliability diagram. Confidence intervals are percentile bootstraps over inputs
-(``scipy.stats.bootstrap``, (y, p) resampled in pairs, seeded), evaluated on all resamples at
-once by batched forms of the metrics (the AUC by its rank-sum identity).
+(:func:`asd_core.ground.stats.bootstrap_ci`, (y, p) resampled in pairs, seeded), evaluated on
+all resamples at once by batched forms of the metrics (the AUC by its rank-sum identity).
 
 Baselines on the same rows: logistic regression on the same (standardised) features, one model
 per stage, and the max-probability heuristic exp(mean token log-prob) of the draft, i.e. the
@@ -17,18 +17,18 @@ a time.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import stats as sps
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from asd_core.ground import stats
 from asd_core.ground.errors import AsdError
 from asd_core.learning.features import FeatureSet
 from asd_core.learning.predictor import (
@@ -58,7 +58,7 @@ def auc_batched(y: np.ndarray, p: np.ndarray, axis: int = -1) -> np.ndarray:
     Equal to ``roc_auc_score`` on each slice.
     """
     y = np.moveaxis(np.asarray(y, dtype=np.float64), axis, -1)
-    ranks = stats.rankdata(np.moveaxis(np.asarray(p, dtype=np.float64), axis, -1), axis=-1)
+    ranks = sps.rankdata(np.moveaxis(np.asarray(p, dtype=np.float64), axis, -1), axis=-1)
     n_pos = y.sum(axis=-1)
     n_neg = y.shape[-1] - n_pos
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -142,45 +142,36 @@ METRICS: dict[str, tuple[Metric, BatchedMetric]] = {
 }
 
 
-def bootstrap_ci(
+def metric_ci(
     metric: str,
     y: np.ndarray,
     p: np.ndarray,
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float]:
+) -> stats.CI:
     """Percentile bootstrap CI of metric ``metric`` ("auc", "brier", "ece") over inputs.
 
-    (y, p) pairs are resampled together. Resamples where the metric is undefined (AUC of a
-    one-class resample) are left out; with fewer than 2 inputs, or no defined resample, the
-    interval is (NaN, NaN).
+    (y, p) pairs are resampled together (:func:`asd_core.ground.stats.bootstrap_ci`). Resamples
+    where the metric is undefined (AUC of a one-class resample) are left out; with fewer than 2
+    inputs, or no defined resample, the interval is (NaN, NaN).
     """
     y = np.asarray(y)
     p = np.asarray(p)
     if len(y) < 2 or n_resamples < 1:
-        return math.nan, math.nan
-    with warnings.catch_warnings():  # one-class stages make degenerate distributions, by design
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap(
-            (y, p),
-            METRICS[metric][1],
-            paired=True,
-            vectorized=True,
-            batch=max(1, 2_000_000 // len(y)),  # bounds memory: resamples per batch
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if math.isnan(low) or math.isnan(high):
-        dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
-        if not np.isfinite(dist).any():
-            return math.nan, math.nan
-        tail = 50.0 * (1.0 - confidence)
-        low, high = (float(v) for v in np.nanpercentile(dist, [tail, 100.0 - tail]))
-    return low, high
+        return stats.CI(METRICS[metric][0](y, p), math.nan, math.nan, confidence, "none")
+    return stats.bootstrap_ci(
+        METRICS[metric][1],
+        y,
+        p,
+        paired=True,
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+        method="percentile",
+        drop_undefined=True,
+        batch_elements=2_000_000,
+    )
 
 
 def metric_rows(
@@ -189,8 +180,8 @@ def metric_rows(
     """One record per metric: metric, value, ci_low, ci_high (CIs NaN when n_resamples = 0)."""
     rows: list[dict[str, float | str]] = []
     for name, (point, _) in METRICS.items():
-        low, high = bootstrap_ci(name, y, p, n_resamples, seed=seed)
-        rows.append({"metric": name, "value": point(y, p), "ci_low": low, "ci_high": high})
+        ci = metric_ci(name, y, p, n_resamples, seed=seed)
+        rows.append({"metric": name, "value": point(y, p), "ci_low": ci.low, "ci_high": ci.high})
     return rows
 
 

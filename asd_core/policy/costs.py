@@ -30,7 +30,7 @@ from asd_core.models.base import VERIFY_BLOCK
 CostSource = Literal["measured", "model", "flops"]
 
 
-def _by_item(df: pd.DataFrame, n_stages: int) -> pd.DataFrame:
+def by_item(df: pd.DataFrame, n_stages: int) -> pd.DataFrame:
     """``df`` sorted by (item, stage), checked to hold every stage of every item once."""
     if len(df) == 0:
         raise AsdError("the generations frame is empty: no (input, stage) rows")
@@ -59,8 +59,8 @@ def per_input_costs(
     """
     if source == "flops":
         return flops_costs(df, n_stages, sizes)
-    df = _by_item(df, n_stages)
-    n_out = _per_input(df, "n_out", n_stages)
+    df = by_item(df, n_stages)
+    n_out = per_input_column(df, "n_out", n_stages)
     accepted = _per_pair(df, "accepted_by", n_stages)
     if source == "model":
         missing = [c for c in MODEL_COST_COLUMNS if c not in df.columns]
@@ -69,11 +69,13 @@ def per_input_costs(
                 f"cost_source 'model': the generations lack '{missing[0]}'; add the cost model "
                 "of notebook 01 first (costs.with_model_costs)"
             )
-        lat, rate = (_per_input(df, c, n_stages) for c in ("model_latency_s", "model_decode_s"))
+        lat, rate = (
+            per_input_column(df, c, n_stages) for c in ("model_latency_s", "model_decode_s")
+        )
         return lat, _escalations(
             _per_pair(df, "model_verify_s_by", n_stages), rate, n_out, accepted
         )
-    lat, prefill = (_per_input(df, c, n_stages) for c in ("latency_s", "prefill_s"))
+    lat, prefill = (per_input_column(df, c, n_stages) for c in ("latency_s", "prefill_s"))
     rate = (lat - prefill) / np.maximum(n_out - 1, 1)  # (N, K) s per decoded token
     verify = _per_pair(df, "verify_s_by", n_stages)
     return lat, _escalations(verify, rate, n_out, accepted)
@@ -117,10 +119,10 @@ def with_model_costs(
     coef = table.loc[list(stage_names), list(_COEFFICIENTS)].to_numpy(float)  # (K, 5)
     a, b, d, sa, sb = coef.T
     K = len(stage_names)
-    out = _by_item(df, K)
+    out = by_item(df, K)
     k = out["stage"].to_numpy()
     n_in, n_out = out["n_in"].to_numpy(float), out["n_out"].to_numpy(float)
-    own_in = _per_input(out, "n_in", K)  # (N, K): each verifier's own prompt length
+    own_in = per_input_column(out, "n_in", K)  # (N, K): each verifier's own prompt length
     drafted, accepted = _per_pair(out, "drafted_by", K), _per_pair(out, "accepted_by", K)
     scored = scored_tokens(drafted, accepted)
     verify = sa + sb * (own_in[:, None, :] + scored)  # (N, K, K): row k's draft verified by j
@@ -222,16 +224,16 @@ def flops_costs(
     prompt plus the draft (verification) and the tokens it writes after the accepted prefix.
     Unitless (billions of parameters × tokens); ``sizes`` default to 1, 2, … K.
     """
-    df = _by_item(df, n_stages)
+    df = by_item(df, n_stages)
     K = n_stages
     size = np.asarray(sizes if len(sizes) else np.arange(1, K + 1), float)  # (K,)
-    n_in, n_out = _per_input(df, "n_in", K), _per_input(df, "n_out", K)
+    n_in, n_out = per_input_column(df, "n_in", K), per_input_column(df, "n_out", K)
     verify = size * (n_in[:, None, :] + _per_pair(df, "drafted_by", K))
     unit = np.broadcast_to(size, n_out.shape)
     return size * (n_in + n_out), _escalations(verify, unit, n_out, _per_pair(df, "accepted_by", K))
 
 
-def _per_input(df: pd.DataFrame, column: str, n_stages: int) -> np.ndarray:
+def per_input_column(df: pd.DataFrame, column: str, n_stages: int) -> np.ndarray:
     """(N, K) float values of a per-row column of an item-sorted frame."""
     return df[column].to_numpy(float).reshape(-1, n_stages)
 
@@ -305,10 +307,10 @@ def fit_input_costs(
     df: pd.DataFrame, n_stages: int, source: CostSource, sizes: Sequence[float]
 ) -> InputCostModel:
     """Least-squares fit of :class:`InputCostModel` on a generations frame (training split)."""
-    df = _by_item(df, n_stages)
+    df = by_item(df, n_stages)
     K, N = n_stages, len(df) // n_stages
     scratch, esc = per_input_costs(df, K, source, sizes)
-    n_in, n_out = _per_input(df, "n_in", K), _per_input(df, "n_out", K)
+    n_in, n_out = per_input_column(df, "n_in", K), per_input_column(df, "n_out", K)
     accepted = _per_pair(df, "accepted_by", K)
     scratch_coef = np.zeros((K, 3))
     verify_coef = np.zeros((K, 2))

@@ -25,10 +25,10 @@ from asd_core.learning.predictor import LABEL_COLUMNS, QualityPredictor, entry_f
 from asd_core.policy.costs import (
     CostSource,
     InputCostModel,
-    _by_item,
-    _per_input,
+    by_item,
     fit_input_costs,
     item_ids,
+    per_input_column,
     per_input_costs,
 )
 
@@ -102,7 +102,7 @@ class Predictions:
 
 def predictions(predictor: QualityPredictor, df: pd.DataFrame, n_stages: int) -> Predictions:
     """:class:`Predictions` of a generations frame: both views of every output, and the head."""
-    df = _by_item(df, n_stages)
+    df = by_item(df, n_stages)
     X = predictor.features.extract_frame(df)
     stages = df["stage"].to_numpy(np.int64)
     sequential = predictor.predict(X, stages)
@@ -126,7 +126,7 @@ def entry_predictions(
 
     The head reads the prompt as stage ``input_stage`` tokenised it, so it looks that row up.
     """
-    df = _by_item(df, n_stages)
+    df = by_item(df, n_stages)
     X, found = entry_features(df, predictor.features, predictor.config.input_stage)
     if not found.all():
         raise AsdError("generations frame: some inputs lack the row the entry head reads")
@@ -155,14 +155,14 @@ def fit_policy_model(
         held: ``predictions(predictor, held_df, K)`` when already computed.
     """
     K = predictor.features.n_stages
-    train = _by_item(train_df, K)
+    train = by_item(train_df, K)
     label = LABEL_COLUMNS[predictor.label_mode]
     prior = train.groupby("stage")[label].mean().reindex(range(K)).to_numpy(float)
     prior = np.clip(np.nan_to_num(prior, nan=0.5), 0.0, 1.0)
-    df = _by_item(held_df, K)
+    df = by_item(held_df, K)
     pred = held if held is not None else predictions(predictor, df, K)
     p_tilde = pred.beliefs(prior, risk)
-    labels = _per_input(df, label, K)
+    labels = per_input_column(df, label, K)
     beliefs = belief.estimate_beliefs(
         p_tilde[belief.SEQUENTIAL], p_tilde[belief.DIRECT], labels, n_bins, smoothing
     )

@@ -17,7 +17,7 @@ runs), looked up by name in :data:`METHODS`:
 * ``router``: RouteLLM-style, straight to the cheapest stage whose input-only P(accept) clears
   a threshold, tuned the same way;
 * ``pair_i_j``: two-stage cascades i → j with a tuned threshold (the envelope over pairs is the
-  "best pair" curve, ``stats.pooled_envelope``); ``draft_verify_deepest``: the lossless
+  "best pair" curve, ``curves.pooled_envelope``); ``draft_verify_deepest``: the lossless
   two-model route to the deepest stage's output (draft with the stage below, verify + continue);
 * ``dp``: the adaptive policy, route then cascade with restarts, on a dense λ grid placed where
   the solved policies change (:func:`lambda_grid`); ablations ``dp_no_predictor``

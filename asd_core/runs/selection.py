@@ -23,10 +23,7 @@ from asd_core.ground import config
 from asd_core.ground.config import StageConfig
 from asd_core.models.base import Backend, GenerationParams
 from asd_core.models.common import chat_prompt_ids
-from asd_core.runs.generations import (
-    SCHEMA_VERSION,
-    DatagenError,
-)
+from asd_core.runs.generations import SCHEMA_VERSION, DatagenError
 
 if TYPE_CHECKING:
     pass
