@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import json
 import os
 import secrets
@@ -51,7 +50,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -60,6 +58,7 @@ from typing import Any, Literal
 
 import psutil
 
+from asd_core.data import confine
 from asd_core.ground.errors import AsdError
 
 # "auto": the strongest the kernel grants; "userns": skip root's own namespaces and take the
@@ -298,238 +297,9 @@ def _expose_plan(
 
 @functools.cache
 def _bootstrap_command() -> str:
-    """The bootstrap's source, shipped to a fresh interpreter with ``-c``."""
-    source = textwrap.dedent(inspect.getsource(_bootstrap))
-    return (
-        "from __future__ import annotations\n"
-        f"{source}\n"
-        "import json, sys\n"
-        "_bootstrap(json.loads(sys.argv[1]))\n"
-    )
-
-
-def _bootstrap(plan: dict[str, Any]) -> None:  # pragma: no cover - runs in the child
-    """Confine this process as far as the kernel allows, then exec the program.
-
-    Runs in the bootstrap interpreter, which gets this function's source: everything it uses is
-    imported or defined inside, and imported before the uid is dropped. Writes one JSON object
-    to ``plan["report_fd"]``: ``{"isolation": ...}`` just before exec, or ``{"error": ...,
-    "namespaces_failed": ...}`` and exit status 121 when it refuses to run the program.
-    """
-    import ctypes
-    import json
-    import os
-    import re
-    import resource
-    import signal
-
-    clone_newns, clone_newipc, clone_newuser = 0x00020000, 0x08000000, 0x10000000
-    clone_newpid, clone_newnet = 0x20000000, 0x40000000
-    ms_rdonly, ms_nosuid, ms_nodev, ms_noexec = 1, 2, 4, 8
-    ms_remount, ms_bind, ms_rec, ms_private = 32, 4096, 16384, 1 << 18
-    # flags a bind remount must repeat, or the kernel refuses it inside a user namespace
-    sticky_flags = {
-        "nosuid": ms_nosuid,
-        "nodev": ms_nodev,
-        "noexec": ms_noexec,
-        "noatime": 1024,
-        "nodiratime": 2048,
-        "relatime": 1 << 21,
-    }
-    pr_set_pdeathsig, pr_set_dumpable, pr_set_no_new_privs = 1, 4, 38
-    libc = ctypes.CDLL(None, use_errno=True)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # mirroring SIGXCPU must not dump core
-    limits = plan["limits"]
-    is_root = os.geteuid() == 0
-    uid = plan["uid"] if is_root else os.getuid()
-    gid = plan["uid"] if is_root else os.getgid()
-
-    def check(status: int, what: str) -> None:
-        if status != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-    def mount(
-        source: str | None, target: str, kind: str | None, flags: int, data: str = ""
-    ) -> None:
-        def raw(text: str | None) -> bytes | None:
-            return None if text is None else text.encode()
-
-        check(
-            libc.mount(
-                raw(source), raw(target), raw(kind), ctypes.c_ulong(flags), raw(data or None)
-            ),
-            f"mount {target}",
-        )
-
-    def report(**fields: object) -> None:
-        os.write(plan["report_fd"], json.dumps(fields).encode())
-        os.close(plan["report_fd"])
-
-    def refuse(reason: str, namespaces_failed: bool = False) -> None:
-        report(error=reason, namespaces_failed=namespaces_failed)
-        os._exit(121)
-
-    def drop_uid() -> None:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-        # a uid change makes /proc/self root's, and the user namespace maps are written there
-        check(libc.prctl(pr_set_dumpable, 1, 0, 0, 0), "prctl dumpable")
-
-    def owned(pid: str) -> bool:
-        try:
-            return os.stat(f"/proc/{pid}").st_uid == uid
-        except OSError:
-            return False
-
-    def mount_points() -> list[tuple[str, int]]:
-        points = []
-        with open("/proc/self/mountinfo") as table:
-            for line in table:
-                columns = line.split()
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), columns[4])
-                points.append((point, sum(sticky_flags.get(o, 0) for o in columns[5].split(","))))
-        return points
-
-    def confine_files(expose: list[list[Any]] | None) -> None:
-        mount(None, "/", None, ms_rec | ms_private)
-        for point, flags in mount_points():
-            try:
-                mount(None, point, None, ms_remount | ms_bind | ms_rdonly | flags)
-            except OSError:
-                if point == "/":
-                    raise  # other mount points are best effort (some vanish or are locked)
-        for cover, folders in expose or []:
-            handles = [os.open(f, os.O_PATH | os.O_DIRECTORY) for f in folders]
-            mount("tmpfs", cover, "tmpfs", ms_nosuid | ms_nodev, "size=64k,mode=0755")
-            for folder, handle in zip(folders, handles, strict=True):
-                os.makedirs(folder, exist_ok=True)
-                mount(f"/proc/self/fd/{handle}", folder, None, ms_bind | ms_rec)
-                mount(None, folder, None, ms_remount | ms_bind | ms_rdonly)
-                os.close(handle)
-            mount(None, cover, None, ms_remount | ms_rdonly | ms_nosuid | ms_nodev)
-        work = plan["work"]
-        quota = f"size={limits['disk_bytes']},mode=0700,uid={uid},gid={gid}"
-        mount("tmpfs", work, "tmpfs", ms_nosuid | ms_nodev, quota)
-        os.mkdir(os.path.join(work, "tmp"), 0o700)
-        os.chown(os.path.join(work, "tmp"), uid, gid)
-
-    def exit_like(status: int) -> None:
-        # End this process the way the wait status says a child ended.
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            if sig not in (signal.SIGKILL, signal.SIGSTOP):
-                signal.signal(sig, signal.SIG_DFL)
-            os.kill(os.getpid(), sig)
-            os._exit(128 + sig)
-        os._exit(os.waitstatus_to_exitcode(status))
-
-    def wait_for(child: int) -> int:
-        # Reap every child (as PID 1 that includes orphans) until ``child`` ends; its status.
-        while True:
-            pid, status = os.waitpid(-1, 0)
-            if pid == child:
-                return status
-
-    def stay_out_of_the_way() -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # the grace period is the program's, not ours
-        os.close(plan["report_fd"])
-
-    mechanisms: list[str] = []
-    namespace = None  # "root": made with root's own rights; "user": inside a user namespace
-    dropped = False
-    flags = clone_newns | clone_newnet | clone_newpid | clone_newipc
-    if plan["mode"] == "auto" and is_root and libc.unshare(flags) == 0:
-        namespace = "root"
-    elif plan["mode"] != "guard" and (not is_root or plan["interpreter_public"]):
-        if is_root:
-            drop_uid()
-            dropped = True
-        if libc.unshare(clone_newuser | flags) == 0:
-            namespace = "user"
-            mechanisms.append("userns")
-    if namespace is not None:
-        try:
-            if namespace == "user":
-                for name, text in (
-                    ("setgroups", "deny"),
-                    ("uid_map", f"{uid} {uid} 1"),
-                    ("gid_map", f"{gid} {gid} 1"),
-                ):
-                    with open(f"/proc/self/{name}", "w") as handle:
-                        handle.write(text)
-            confine_files(plan["expose"] if namespace == "root" else None)
-        except OSError as err:
-            refuse(f"namespace set-up failed: {err}", namespaces_failed=True)
-        mechanisms += ["netns", "mountns", "pidns", "ipcns"]
-        # Three processes from here: this bootstrap waits outside the namespaces; its child is
-        # PID 1 inside, reaps orphans and passes on the program's wait status (PID 1 could not
-        # die of a signal to mirror it); the grandchild becomes the program. The program is not
-        # PID 1 itself because PID 1 ignores signals it has no handler for, SIGXCPU included.
-        status_read, status_write = os.pipe()
-        init = os.fork()
-        if init:
-            os.close(status_write)
-            stay_out_of_the_way()
-            init_status = os.waitpid(init, 0)[1]
-            passed_on = os.read(status_read, 32)
-            exit_like(int(passed_on) if passed_on else init_status)
-        os.close(status_read)
-        check(libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0), "prctl pdeathsig")
-        try:
-            mount("proc", "/proc", "proc", ms_nosuid | ms_nodev | ms_noexec)
-            mechanisms.append("procfs")
-        except OSError:
-            pass  # the host's /proc stays; the uid or permissions still guard other processes
-        program_pid = os.fork()
-        if program_pid:
-            stay_out_of_the_way()
-            os.write(status_write, str(wait_for(program_pid)).encode())
-            os._exit(0)  # the kernel now kills whatever is left in the namespace
-        os.close(status_write)
-    if is_root and not dropped:
-        if plan["interpreter_public"] or (namespace == "root" and plan["expose"] is not None):
-            drop_uid()
-            dropped = True
-        else:
-            refuse(
-                "running as root without namespaces, and other users cannot run the "
-                "interpreter, so the process count cannot be limited"
-            )
-    if dropped:
-        mechanisms.append("uid")
-    check(libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0), "prctl no_new_privs")
-
-    processes = limits["max_processes"]
-    if namespace == "user":
-        processes += 2  # the bootstrap and PID 1 run as this uid in this namespace too
-    elif not dropped:  # no private count: the limit covers every process of this user
-        processes += sum(1 for p in os.listdir("/proc") if p.isdigit() and owned(p))
-    for resource_id, value in (
-        (resource.RLIMIT_CPU, (limits["cpu_seconds"], limits["cpu_seconds"] + 1)),
-        (resource.RLIMIT_AS, limits["memory_bytes"]),
-        (resource.RLIMIT_FSIZE, limits["file_bytes"]),
-        (resource.RLIMIT_NOFILE, limits["max_open_files"]),
-        (resource.RLIMIT_NPROC, processes),
-        (resource.RLIMIT_CORE, 0),
-    ):
-        soft, hard = value if isinstance(value, tuple) else (value, value)
-        current_hard = resource.getrlimit(resource_id)[1]
-        if current_hard != resource.RLIM_INFINITY:
-            soft, hard = min(soft, current_hard), min(hard, current_hard)
-        resource.setrlimit(resource_id, (soft, hard))
-    mechanisms.append("rlimits")
-
-    python, program = plan["python"], plan["program"]
-    argv = [python, "-I", "-B", program]
-    if "netns" not in mechanisms:
-        mechanisms.append("socket-guard")
-        argv = [python, "-I", "-B", "-c", plan["guard"], program]
-    os.chdir(plan["work"])
-    report(isolation="+".join(mechanisms))
-    os.execve(python, argv, plan["env"])
+    """The bootstrap's source (:mod:`asd_core.data.confine`), run by a fresh interpreter's ``-c``."""
+    source = Path(confine.__file__).read_text(encoding="utf-8")
+    return f"{source}\nimport sys\nmain(json.loads(sys.argv[1]))\n"
 
 
 SOCKET_GUARD = """\
