@@ -18,7 +18,7 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from asd_core.ground.errors import AsdError
-from asd_core.learning import calibration as cal
+from asd_core.learning import assessment as cal
 from asd_core.learning import features as fe
 from asd_core.learning.features import FeatureSet, StageView
 from asd_core.learning.predictor import (

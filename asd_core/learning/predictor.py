@@ -289,7 +289,7 @@ def calibration_helps(p: np.ndarray, y: np.ndarray, method: CalibrationMethod) -
     """Whether ``method`` lowers ECE on rows it was not fitted on: two-fold cross-fitting over
     the calibration rows (a fixed alternate split of the rows sorted by p), mean ECE of the
     fitted maps vs of the raw probabilities on the same held-out halves."""
-    from asd_core.learning.calibration import ece  # a lazy import: calibration reads predictors
+    from asd_core.learning.assessment import ece  # a lazy import: calibration reads predictors
 
     order = np.argsort(p, kind="stable")
     halves = (order[0::2], order[1::2])
