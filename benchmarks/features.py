@@ -105,7 +105,8 @@ def run(
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median milliseconds per input of each decision step (see the module docstring)."""
-    from asd_core.learning.predictor import TrainConfig, train_predictor
+    from asd_core.learning.ensemble import TrainConfig
+    from asd_core.learning.predictor import train_predictor
     from asd_core.models.base import Generation
 
     df = synthetic_frame(200, n_stages, seed)

@@ -20,18 +20,10 @@ from sklearn.metrics import roc_auc_score
 from asd_core.ground.errors import AsdError
 from asd_core.learning import assessment as cal
 from asd_core.learning import features as fe
+from asd_core.learning.calibration import Calibration, fit_stage_calibration
+from asd_core.learning.ensemble import Split, TrainConfig, fit_ensemble
 from asd_core.learning.features import FeatureSet, StageView
-from asd_core.learning.predictor import (
-    Calibration,
-    QualityPredictor,
-    Split,
-    TrainConfig,
-    entry_features,
-    fit_ensemble,
-    fit_stage_calibration,
-    meta_path,
-    train_predictor,
-)
+from asd_core.learning.predictor import QualityPredictor, entry_features, meta_path, train_predictor
 from benchmarks.features import synthetic_frame
 from tests.tolerance import F32_ULPS, ulps
 
@@ -362,7 +354,7 @@ def test_config_from_params_and_non_finite_features(frames):
 
 
 def test_calibration_is_kept_only_where_it_lowers_held_out_ece() -> None:
-    from asd_core.learning.predictor import fit_stage_calibration
+    from asd_core.learning.calibration import fit_stage_calibration
 
     rng = np.random.default_rng(0)
     truth = rng.random(4000)

@@ -16,8 +16,9 @@ from asd_core.data.splits import fold_of
 from asd_core.decoding import protocol
 from asd_core.ground import belief
 from asd_core.ground.errors import AsdError
+from asd_core.learning.ensemble import TrainConfig
 from asd_core.learning.features import FeatureSet, StageView
-from asd_core.learning.predictor import TrainConfig, train_predictor
+from asd_core.learning.predictor import train_predictor
 from asd_core.policy import adaptive, baselines, costs, fitting
 from asd_core.runs import evaluate, replay
 from benchmarks.features import synthetic_frame

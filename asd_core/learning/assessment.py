@@ -30,14 +30,13 @@ from sklearn.preprocessing import StandardScaler
 
 from asd_core.ground import stats
 from asd_core.ground.errors import AsdError
+from asd_core.learning.ensemble import TrainConfig, fit_ensemble
 from asd_core.learning.features import FeatureSet
 from asd_core.learning.predictor import (
     LABEL_COLUMNS,
     LabelMode,
     QualityPredictor,
-    TrainConfig,
     entry_features,
-    fit_ensemble,
     output_split,
 )
 

@@ -49,8 +49,9 @@ from asd_core.data.splits import fold_of, is_pool_id
 from asd_core.decoding.protocol import Policy
 from asd_core.ground import belief, stopping
 from asd_core.ground.errors import AsdError
+from asd_core.learning.ensemble import TrainConfig
 from asd_core.learning.features import FeatureSet
-from asd_core.learning.predictor import LabelMode, QualityPredictor, TrainConfig, train_predictor
+from asd_core.learning.predictor import LabelMode, QualityPredictor, train_predictor
 from asd_core.policy.adaptive import AdaptivePolicy, CachedObserver
 from asd_core.policy.baselines import (
     FixedDepth,
