@@ -627,7 +627,7 @@ def _write_inputs(reports: Path) -> None:
 
 @pytest.mark.slow
 def test_notebook_05_runs_under_the_runner(tmp_path: Path) -> None:
-    from asd_core.ground.provenance.notebooks import run_notebook
+    from asd_core.reporting.notebooks import run_notebook
 
     reports = tmp_path / "reports"
     _write_inputs(reports)

@@ -22,7 +22,8 @@ import pytest  # noqa: E402
 from asd_core.analysis.tables import write_csv_and_html  # noqa: E402
 from asd_core.ground.errors import AsdError  # noqa: E402
 from asd_core.ground.files import atomic_write_text  # noqa: E402
-from asd_core.ground.provenance import index, save_figure, write_table
+from asd_core.ground.provenance import save_figure, write_table
+from asd_core.reporting import index
 from benchmarks import browser_check  # noqa: E402
 
 PROV = {

@@ -151,7 +151,7 @@ def test_save_figure_writes_png_and_sidecar(tmp_path: Path) -> None:
 
 
 def test_run_log_states_each_stages_measured_speed(tmp_path: Path) -> None:
-    from asd_core.ground.provenance import runlog
+    from asd_core.reporting import runlog
 
     assert runlog.stage_speeds(tmp_path / "missing.csv") == []
     csv = tmp_path / "cost_model.csv"
@@ -176,7 +176,7 @@ def test_run_log_states_each_stages_measured_speed(tmp_path: Path) -> None:
 def test_a_resumed_run_keeps_the_earlier_attempts_of_the_same_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asd_core.ground.provenance import runlog
+    from asd_core.reporting import runlog
 
     env = {"git_commit": "abc", "git_dirty": False, "params_digest": "p1", "hardware": {}}
     monkeypatch.setattr(runlog, "provenance", lambda *a, **k: dict(env))

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import papermill as pm
 import yaml
-from asd_core.ground.provenance.notebooks import run_notebook
+
+from asd_core.reporting.notebooks import run_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["02_data_generation", "03_predictor_training", "04_evaluation", "05_analysis"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from asd_core.ground.provenance.notebooks import run_notebook
 
 from asd_core.ground.errors import AsdError, ConfigError
+from asd_core.reporting.notebooks import run_notebook
 
 
 def _notebook(folder: Path, name: str, body: str) -> None:

@@ -1,6 +1,6 @@
 """The HumanEval judge: runs a unit test against a candidate it cannot be lied to by.
 
-This file is not imported by the project. :func:`asd_core.data.scoring.run_humaneval` sends its
+This file is not imported by the project. :func:`asd_core.data.code_answers.run_humaneval` sends its
 text, with the item's parameters appended, into the sandbox as the program to run, so it uses
 the standard library only. Inside the sandbox it splits into two processes:
 

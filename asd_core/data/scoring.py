@@ -41,38 +41,21 @@ Extraction rules, most specific first:
 
 from __future__ import annotations
 
-import ast
-import functools
-import json
 import math
 import re
-import secrets
-import string
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
-
-from asd_core.data import judge
-from asd_core.data.sandbox import SOCKET_GUARD, SandboxLimits, SandboxResult, run_python
+from asd_core.data.code_answers import code_key, extract_code, run_humaneval
+from asd_core.data.sandbox import SandboxLimits
 from asd_core.data.tasks import TASK_FAMILIES
-from asd_core.ground.errors import AsdError
+from asd_core.data.text_answers import is_truthful, max_bleu, max_rouge_l, normalised_text, text_key
+from asd_core.ground.errors import MetricsError
 
 LETTERS = ("A", "B", "C", "D")
-TRUTHFUL_ROUGE_L = 0.5  # a TruthfulQA answer with no incorrect references to compare against is
-# truthful when its best ROUGE-L F1 against the correct ones reaches this (a convention: the
-# reference answers are short, so a truthful paraphrase shares about half its words with one)
-TEXT_AGREEMENT = 0.5  # free-text answers agree when their ROUGE-L F1 reaches this, until a
-# threshold is fitted on the calibration split (fit_agreement_threshold)
 NUMBER_REL_TOL = 1e-6  # relative tolerance when comparing numeric answers
-
-
-class MetricsError(AsdError):
-    """An unknown task, or an item without the fields its task is scored with."""
 
 
 @dataclass(frozen=True)
@@ -153,11 +136,12 @@ def extract_choice(
         return letters_seen.pop()
     if letters_seen or not choices:
         return None
-    reply = _normalise(text)
+    reply = normalised_text(text)
     quoted = [
         option_letter
         for option_letter, option in zip(letters, choices, strict=False)
-        if _normalise(option) and re.search(rf"\b{re.escape(_normalise(option))}\b", reply)
+        if normalised_text(option)
+        and re.search(rf"\b{re.escape(normalised_text(option))}\b", reply)
     ]
     return quoted[0].upper() if len(quoted) == 1 else None
 
@@ -290,8 +274,8 @@ def number_accuracy(text: str, gold: str) -> float:
     gold_value = parse_gold_number(gold)
     if gold_value is not None:
         return float(numbers_match(extract_number(text), gold_value))
-    wanted = _normalise(gold)
-    return float(bool(wanted) and wanted == _normalise(_stated_answer(text)))
+    wanted = normalised_text(gold)
+    return float(bool(wanted) and wanted == normalised_text(_stated_answer(text)))
 
 
 def _stated_answer(text: str) -> str:
@@ -314,245 +298,14 @@ def number_key(text: str) -> str:
         return format_number(value)
     if _BOXED.search(text) is None and _ANSWER_PHRASE.search(text) is None:
         return ""
-    stated = _normalise(_stated_answer(text))
+    stated = normalised_text(_stated_answer(text))
     return "" if stated in _PLACEHOLDERS else f"text:{stated}"
 
 
 # ----------------------------------------------------------------------- code (HumanEval) ---
 
 
-@dataclass(frozen=True)
-class CodeOutcome:
-    """One HumanEval program run against its unit test."""
-
-    loaded: bool  # the program compiled, ran, and defined a callable entry point
-    passed: bool  # check(entry_point) ran without an exception: pass@1 for a greedy sample
-    asserts: tuple[bool, ...]  # each top-level assert statement of check(), run on its own
-    sandbox: SandboxResult  # the sandboxed process that ran both
-
-
-def extract_code(text: str, code_prompt: str, entry_point: str) -> str:
-    """The program to test: prompt + the reply's code (rules in the module docstring)."""
-    blocks = re.findall(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", text, re.DOTALL | re.I)
-    defines = re.compile(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
-    if blocks:
-        code = next((b for b in blocks if defines.search(b)), blocks[0])
-    else:
-        code = _strip_prose(text)
-    prompt = code_prompt if code_prompt.endswith("\n") else code_prompt + "\n"
-    if entry_point and defines.search(code):
-        return f"{_runnable_prompt(prompt)}\n{textwrap.dedent(code)}"
-    # a body only: as written, or indented under the prompt's signature if it came flush left
-    for body in (code, textwrap.indent(textwrap.dedent(code), "    ")):
-        if _parses(prompt + body):
-            return prompt + body
-    return prompt + code
-
-
-def _strip_prose(text: str) -> str:
-    """Bare text: drop prose lines before the first line that looks like code."""
-    if _parses(text):
-        return text
-    start = re.search(r"^(?:def |async def |class |import |from |@)", text, re.MULTILINE)
-    return text[start.start() :] if start else text
-
-
-def _runnable_prompt(prompt: str) -> str:
-    """The prompt as a module (its stub ends in a docstring, a valid body); else its imports."""
-    if _parses(prompt):
-        return prompt
-    imports = re.findall(r"^(?:from\s+\S+\s+)?import\s+.+$", prompt, re.MULTILINE)
-    return "\n".join(imports) + "\n"
-
-
-def _parses(source: str) -> bool:
-    try:  # compile, not ast.parse: only the compiler rejects a "return" outside a function
-        compile(source, "<candidate>", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError):
-        return False
-    return True
-
-
-def split_check(test: str) -> tuple[str, list[tuple[str, bool]]]:
-    """The ``check`` function's parameter name and its top-level statements.
-
-    Each statement comes as (source, contains an assert). Statements without an assert (set-up
-    such as ``import math`` or ``xs = [...]``) run in order but are not scored. An unparsable
-    test or one without ``check`` gives ("candidate", []).
-    """
-    try:
-        module = ast.parse(test)
-    except (SyntaxError, ValueError):
-        return "candidate", []
-    check = next(
-        (n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None
-    )
-    if check is None:
-        return "candidate", []
-    parameter = check.args.args[0].arg if check.args.args else "candidate"
-    statements = [
-        (ast.unparse(node), any(isinstance(n, ast.Assert) for n in ast.walk(node)))
-        for node in check.body
-    ]
-    return parameter, statements
-
-
-def run_humaneval(
-    program: str,
-    test: str,
-    entry_point: str,
-    limits: SandboxLimits | None = None,
-    prompt: str = "",
-) -> CodeOutcome:
-    """Run ``check(entry_point)`` of ``test`` against ``program`` in one sandbox.
-
-    The verdict comes from the judge process (:mod:`asd_core.data.judge`), which runs the test
-    itself and reaches the program only through a pipe to a second process, so a program
-    cannot write its own verdict. ``prompt`` is the item's code prompt: its helpers (some
-    tests call them) run on the judge's side. The judge then runs each of check's top-level
-    statements on its own and reports which asserts pass. Time budgets are shares of
-    ``limits.wall_seconds``: loading 20%, the full check 35%, the single statements 35%
-    together; each runs under an alarm so one hang costs only its share.
-    """
-    limits = limits or SandboxLimits()
-    parameter, statements = split_check(test)
-    n_scored = sum(scored for _, scored in statements)
-    mark = f"@asd-{secrets.token_hex(8)}"
-    params = {
-        "mark": mark,
-        "program": program,
-        "prompt": _runnable_prompt(prompt) if prompt else "",
-        "test": test,
-        "entry_point": entry_point,
-        "parameter": parameter,
-        "statements": statements,
-        "seconds": [
-            0.2 * limits.wall_seconds,
-            0.35 * limits.wall_seconds,
-            0.35 * limits.wall_seconds / max(1, len(statements)),
-        ],
-        "guard": SOCKET_GUARD,
-    }
-    source = (
-        _judge_source()
-        + f"\n{judge.PARAMS_MARKER}\njudge_main(json.loads({json.dumps(params)!r}))\n"
-    )
-    result = run_python(source, limits)
-    checked = loaded = False
-    asserts = [False] * n_scored
-    for line in result.stdout.splitlines():
-        fields = line.split()
-        if len(fields) < 3 or fields[0] != mark:
-            continue
-        if fields[1] == "loaded":
-            loaded = fields[2] == "1"
-        elif fields[1] == "check":
-            checked = fields[2] == "1"
-        elif fields[1] == "assert" and len(fields) == 4 and fields[2].isdigit():
-            index = int(fields[2])
-            if index < n_scored:
-                asserts[index] = fields[3] == "1"
-    return CodeOutcome(loaded=loaded, passed=checked, asserts=tuple(asserts), sandbox=result)
-
-
-@functools.cache
-def _judge_source() -> str:
-    return Path(judge.__file__).read_text(encoding="utf-8")
-
-
-def code_key(outcome: CodeOutcome) -> str:
-    """The assert vector as "1"/"0" characters; "P"/"F" for a test with no asserts to split.
-
-    "" (no answer) when the program did not load.
-    """
-    if not outcome.loaded:
-        return ""
-    if outcome.asserts:
-        return "".join("1" if ok else "0" for ok in outcome.asserts)
-    return "P" if outcome.passed else "F"
-
-
 # ---------------------------------------------------------------------- text (TruthfulQA) ---
-
-
-@functools.cache
-def _rouge_scorer() -> Any:
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-
-
-def max_rouge_l(text: str, references: Sequence[str]) -> float:
-    """Best ROUGE-L F1 (stemmed) of ``text`` against any reference, in [0, 1]; 0 for none."""
-    scorer = _rouge_scorer()
-    return max((scorer.score(ref, text)["rougeL"].fmeasure for ref in references), default=0.0)
-
-
-def max_bleu(text: str, references: Sequence[str]) -> float:
-    """Best sacrebleu sentence BLEU of ``text`` against any single reference, 0-100."""
-    import sacrebleu
-
-    return max((sacrebleu.sentence_bleu(text, [ref]).score for ref in references), default=0.0)
-
-
-def is_truthful(
-    text: str,
-    references: Sequence[str],
-    incorrect_references: Sequence[str] = (),
-    threshold: float = TRUTHFUL_ROUGE_L,
-) -> bool:
-    """TruthfulQA generation, judged by ROUGE-L.
-
-    With incorrect references: closer to a correct one than to any incorrect one (the
-    benchmark's "ROUGE-L acc"). Without: best ROUGE-L against the correct ones ≥ ``threshold``.
-    """
-    best_true = max_rouge_l(text, references)
-    if incorrect_references:
-        return best_true > max_rouge_l(text, incorrect_references)
-    return best_true >= threshold
-
-
-def text_similarity(text: str, other: str) -> float:
-    """ROUGE-L F1 (stemmed) between two generated answers, in [0, 1]; 0 if either is empty."""
-    if not text.strip() or not other.strip():
-        return 0.0
-    return float(_rouge_scorer().score(other, text)["rougeL"].fmeasure)
-
-
-def fit_agreement_threshold(
-    similarity: Sequence[float], same_verdict: Sequence[bool], default: float = TEXT_AGREEMENT
-) -> float:
-    """The free-text agreement threshold: the similarity that best predicts the same verdict.
-
-    Over pairs (a stage's answer, the final stage's answer) with known truthfulness, "agree"
-    is ``similarity >= threshold``; the threshold maximises balanced accuracy against "both
-    answers got the same truthfulness verdict" (the largest such value on ties, the stricter
-    rule). With no pairs, or one kind only, ``default``.
-    """
-    sim = np.asarray(similarity, dtype=np.float64)
-    same = np.asarray(same_verdict, dtype=bool)
-    if sim.shape != same.shape:
-        raise MetricsError(f"{sim.size} similarities but {same.size} verdicts")
-    if not same.any() or same.all():
-        return default
-    best, best_score = default, -1.0
-    for threshold in np.unique(np.concatenate([sim, [np.nextafter(1.0, 2.0)]])):
-        agree = sim >= threshold
-        score_ = 0.5 * (agree[same].mean() + (~agree[~same]).mean())
-        if score_ >= best_score:
-            best, best_score = float(threshold), float(score_)
-    return best
-
-
-def text_key(text: str) -> str:
-    """First sentence, lowercased, punctuation stripped, whitespace collapsed."""
-    first = re.split(r"(?<=[.!?])\s+|\n", text.strip(), maxsplit=1)[0]
-    return _normalise(first)
-
-
-def _normalise(text: str) -> str:
-    stripped = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(stripped.split())
 
 
 # ------------------------------------------------------------------------------ dispatch ---

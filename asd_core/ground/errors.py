@@ -29,6 +29,10 @@ class AssetError(AsdError):
     """A model file that is missing, incomplete or fails its checksum."""
 
 
+class MetricsError(AsdError):
+    """An unknown task, or an item without the fields its task is scored with."""
+
+
 def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
     """Wrap a CLI ``main`` so an :class:`AsdError` becomes one stderr line and exit status 2."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from asd_core.ground import config
 from asd_core.ground.errors import AsdError, cli_entry
 from asd_core.ground.files import atomic_write_text
-from asd_core.ground.provenance import runlog
+from asd_core.reporting import runlog
 
 REPO = Path(__file__).resolve().parents[2]
 

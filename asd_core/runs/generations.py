@@ -30,7 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from asd_core.data.scoring import TASK_FAMILIES, TEXT_AGREEMENT, fit_agreement_threshold
+from asd_core.data.tasks import TASK_FAMILIES
+from asd_core.data.text_answers import TEXT_AGREEMENT, fit_agreement_threshold
 from asd_core.ground.errors import AsdError
 
 SCHEMA_VERSION = "1"  # bump when a column is added, removed or changes meaning

@@ -15,19 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asd_core.data.scoring import (
-    TASK_FAMILIES,
-    TEXT_AGREEMENT,
-    MetricsError,
-    TaskScore,
-    answer_key,
-    answers_agree,
-    mmlu_choices,
-    score_item,
-    text_similarity,
-)
+from asd_core.data.scoring import TaskScore, answer_key, answers_agree, mmlu_choices, score_item
+from asd_core.data.tasks import TASK_FAMILIES
+from asd_core.data.text_answers import TEXT_AGREEMENT, text_similarity
 from asd_core.decoding.choice import choice_verdict, respond
 from asd_core.decoding.verify import Verdict, draft_from_generation, verify_batch
+from asd_core.ground.errors import MetricsError
 from asd_core.models.base import Backend, Generation
 from asd_core.models.common import chat_prompt_ids
 from asd_core.runs.selection import DatagenSpec, Entry
