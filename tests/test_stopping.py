@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from asd_core.ground import belief, stopping
+from asd_core.ground import belief, lambda_search, stopping
 from asd_core.ground.belief import DIRECT, SEQUENTIAL
 from asd_core.ground.errors import AsdError
 from asd_core.ground.stopping import DP, MYOPIC, NO_RESTART, SEQUENTIAL_RULE, STOP, Rule
@@ -513,11 +513,11 @@ def test_breakpoints_find_every_change_and_dense_lambdas_cover_them() -> None:
     inst = realistic_instance(np.random.default_rng(4), n_stages=3, n_bins=6)
 
     def sig(lam: float) -> bytes:
-        return stopping.signature(solve(inst, lam))
+        return lambda_search.signature(solve(inst, lam))
 
-    changes = stopping.breakpoints(sig, 0.01, 100.0)
+    changes = lambda_search.breakpoints(sig, 0.01, 100.0)
     assert len(changes) >= 3
-    grid = stopping.dense_lambdas(changes, 0.01, 100.0, at_least=30, extra=[1.0, 5.0])
+    grid = lambda_search.dense_lambdas(changes, 0.01, 100.0, at_least=30, extra=[1.0, 5.0])
     assert len(grid) >= 30 and {1.0, 5.0} <= set(grid)
     # every constant piece holds a grid point, and the policy really changes at each break
     ends = [0.01, *changes, 100.0]
@@ -616,7 +616,7 @@ BAD_CALLS = {
     ),
     "nearest dims": (lambda i: stopping.nearest(np.ones((3, 2)), np.ones((1, 3)), 2), "'queries'"),
     "nearest k": (lambda i: stopping.nearest(np.ones((3, 2)), np.ones((1, 2)), 0), "'k'"),
-    "breakpoints range": (lambda i: stopping.breakpoints(lambda x: 0, 2.0, 1.0), "'hi'"),
+    "breakpoints range": (lambda i: lambda_search.breakpoints(lambda x: 0, 2.0, 1.0), "'hi'"),
 }
 
 

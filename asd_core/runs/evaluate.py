@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from asd_core.data.splits import fold_of, is_pool_id
 from asd_core.decoding.protocol import Policy
-from asd_core.ground import belief, stopping
+from asd_core.ground import belief, lambda_search, stopping
 from asd_core.ground.errors import AsdError
 from asd_core.learning.ensemble import TrainConfig
 from asd_core.learning.features import FeatureSet
@@ -279,16 +279,16 @@ def lambda_grid(fitted: Sequence[Fitted], settings: EvalSettings) -> list[float]
         ) -> bytes:
             policy = AdaptivePolicy(model, lam, observer)
             values = stopping.entry_values(policy.entry_cost, policy.entry_loss, lam, near)
-            tables = b"".join(stopping.signature(t) for _, t in sorted(policy.tables.items()))
+            tables = b"".join(lambda_search.signature(t) for _, t in sorted(policy.tables.items()))
             return tables + stopping.decide_entries(values).tobytes()
 
-        changes += stopping.breakpoints(signature, lo, hi, n_grid=60)
+        changes += lambda_search.breakpoints(signature, lo, hi, n_grid=60)
     changes.sort()
     budget = max(settings.max_lambdas - len(extra) - 1, 1)
     if len(changes) > budget:
         keep = np.linspace(0, len(changes) - 1, budget).round().astype(int)
         changes = [changes[i] for i in sorted(set(keep.tolist()))]
-    return stopping.dense_lambdas(changes, lo, hi, settings.dense_lambdas, extra)
+    return lambda_search.dense_lambdas(changes, lo, hi, settings.dense_lambdas, extra)
 
 
 # -- the evaluation ------------------------------------------------------------------------------
