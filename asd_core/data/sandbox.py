@@ -43,7 +43,6 @@ import functools
 import json
 import os
 import secrets
-import selectors
 import shutil
 import signal
 import stat
@@ -56,9 +55,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import psutil
-
 from asd_core.data import confine
+from asd_core.data.supervise import Capture, kill_leftovers, read_report, supervise
 from asd_core.ground.errors import AsdError
 
 # "auto": the strongest the kernel grants; "userns": skip root's own namespaces and take the
@@ -68,9 +66,6 @@ Status = Literal["ok", "failed", "timeout", "killed", "error"]
 
 _UID_BASE = 1_800_000_000  # a root parent runs each program as a uid drawn from
 _UID_SPAN = 1 << 24  # [_UID_BASE, _UID_BASE + _UID_SPAN): far above any real account
-_DRAIN_SECONDS = 0.2  # after the program exits, how long its pipes may take to reach EOF
-_POLL_SECONDS = 0.02  # exit polling interval where pidfd_open is missing
-_READ_CHUNK = 1 << 16
 _SIGNAL_REASONS: dict[int, str] = {
     signal.SIGXCPU: "CPU time limit (SIGXCPU)",
     signal.SIGKILL: "killed by SIGKILL (CPU hard limit, out of memory, or the supervisor)",
@@ -184,15 +179,15 @@ def _run_once(
             os.close(report_write)
             report_write = -1
         try:
-            stdout, stderr, killed_for = _supervise(proc, limits, clock, started)
+            stdout, stderr, killed_for = supervise(proc, limits, clock, started)
         finally:
-            _kill_leftovers(proc.pid, uid)
+            kill_leftovers(proc.pid, uid)
             proc.wait()
             assert proc.stdout is not None and proc.stderr is not None
             proc.stdout.close()
             proc.stderr.close()
         seconds = clock() - started
-        report = _read_report(report_read)
+        report = read_report(report_read)
     finally:
         if report_write >= 0:
             os.close(report_write)
@@ -321,162 +316,6 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-class _Capture:
-    """The first ``keep`` bytes of a stream, and how many came in total."""
-
-    def __init__(self, keep: int):
-        self.keep = keep
-        self.data = bytearray()
-        self.total = 0
-
-    def add(self, chunk: bytes) -> None:
-        room = self.keep - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
-        self.total += len(chunk)
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > len(self.data)
-
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
-
-
-def _supervise(
-    proc: subprocess.Popen[bytes],
-    limits: SandboxLimits,
-    clock: Callable[[], float],
-    started: float,
-) -> tuple[_Capture, _Capture, str | None]:
-    """Pump the output until the bootstrap exits, enforcing the wall clock and the flood limit.
-
-    Returns the stdout and stderr captures and why the supervisor killed the run ("timeout",
-    "flood") or None.
-    """
-    assert proc.stdout is not None and proc.stderr is not None
-    captures = {proc.stdout.fileno(): _Capture(limits.output_bytes)}
-    captures[proc.stderr.fileno()] = _Capture(limits.output_bytes)
-    selector = selectors.DefaultSelector()
-    for fd in captures:
-        os.set_blocking(fd, False)
-        selector.register(fd, selectors.EVENT_READ)
-    exit_fd = _pidfd(proc.pid)  # readable once the bootstrap exits; None: poll for it
-    if exit_fd is not None:
-        selector.register(exit_fd, selectors.EVENT_READ)
-    deadline = started + limits.wall_seconds
-    hard_kill_at: float | None = None
-    exited_at: float | None = None
-    killed_for: str | None = None
-    try:
-        while True:
-            now = clock()
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-                _signal_group(proc.pid, signal.SIGKILL)  # stragglers would hold the pipes open
-                if exit_fd is not None:
-                    selector.unregister(exit_fd)
-            if exited_at is not None:
-                pipes_open = any(key.fd in captures for key in selector.get_map().values())
-                if not pipes_open or now > exited_at + _DRAIN_SECONDS:
-                    break
-                wake_at = exited_at + _DRAIN_SECONDS
-            else:
-                if killed_for is None and now >= deadline:
-                    killed_for = "timeout"
-                    _signal_group(proc.pid, signal.SIGTERM)
-                    hard_kill_at = now + limits.grace_seconds
-                if hard_kill_at is not None and now >= hard_kill_at:
-                    _signal_group(proc.pid, signal.SIGKILL)
-                    hard_kill_at = now + limits.grace_seconds  # again, if it is still there
-                wake_at = deadline if hard_kill_at is None else hard_kill_at
-                if exit_fd is None:
-                    wake_at = min(wake_at, now + _POLL_SECONDS)
-            for key, _ in selector.select(max(0.0, wake_at - now)):
-                if key.fd not in captures:
-                    continue  # the exit fd: handled by proc.poll() at the top
-                try:
-                    chunk = os.read(key.fd, _READ_CHUNK)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    selector.unregister(key.fd)
-                    continue
-                captures[key.fd].add(chunk)
-                flooded = sum(c.total for c in captures.values()) > limits.flood_bytes
-                if flooded and killed_for is None:
-                    killed_for = "flood"
-                    _signal_group(proc.pid, signal.SIGKILL)
-    finally:
-        selector.close()
-        if exit_fd is not None:
-            os.close(exit_fd)
-    stdout, stderr = captures.values()
-    return stdout, stderr, killed_for
-
-
-def _pidfd(pid: int) -> int | None:
-    """A descriptor that becomes readable when ``pid`` exits (Linux 5.3+), or None."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
-        os.killpg(pgid, sig)
-
-
-def _kill_leftovers(pgid: int, uid: int | None) -> None:
-    """SIGKILL the program's process group and, with a private uid, every process of that uid.
-
-    The uid sweep catches processes that left the session when there is no PID namespace.
-    """
-    _signal_group(pgid, signal.SIGKILL)
-    if uid is None:
-        return
-    doomed = []
-    for process in psutil.process_iter(["uids"]):
-        uids = process.info["uids"]
-        if uids is not None and uid in (uids.real, uids.effective):
-            try:
-                process.kill()
-                doomed.append(process)
-            except psutil.Error:
-                pass
-    _wait_gone(doomed, timeout=2.0)
-
-
-def _wait_gone(processes: list[psutil.Process], timeout: float) -> None:
-    """Wait until each process has exited; a zombie counts as gone (init reaps orphans)."""
-    give_up = time.monotonic() + timeout
-    while processes and time.monotonic() < give_up:
-        still = []
-        for process in processes:
-            try:
-                if process.status() != psutil.STATUS_ZOMBIE:
-                    still.append(process)
-            except psutil.NoSuchProcess:
-                pass
-        processes = still
-        if processes:
-            time.sleep(0.01)
-
-
-def _read_report(fd: int) -> dict[str, Any] | None:
-    os.set_blocking(fd, False)
-    try:
-        raw = os.read(fd, _READ_CHUNK)
-    except BlockingIOError:
-        return None
-    try:
-        report = json.loads(raw)
-    except ValueError:
-        return None
-    return report if isinstance(report, dict) else None
-
-
 def _remove_tree(root: Path) -> None:
     """Delete the sandbox folder, restoring permissions the program may have taken away."""
 
@@ -507,8 +346,8 @@ def _never_started(detail: str, seconds: float, isolation: str = "") -> SandboxR
 def _result(
     returncode: int,
     report: dict[str, Any] | None,
-    stdout: _Capture,
-    stderr: _Capture,
+    stdout: Capture,
+    stderr: Capture,
     killed_for: str | None,
     limits: SandboxLimits,
     seconds: float,

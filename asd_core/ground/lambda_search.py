@@ -12,10 +12,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
-from asd_core.ground.belief import (
-    StoppingError,
-    checked_positive,
-)
+from asd_core.ground.belief import StoppingError, checked_positive
 from asd_core.ground.stopping import PolicyTable
 
 
