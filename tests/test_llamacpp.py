@@ -438,7 +438,7 @@ def test_score_chunking_does_not_change_results(smol, monkeypatch: pytest.Monkey
     # chunks of 7 put the first logits row mid-chunk and split the continuation; no chunk has a
     # single token, which llama.cpp would run through its (slightly different) one-token kernels
     assert (len(prompt) + 30) % 7 != 1
-    monkeypatch.setattr(smol, "n_batch", 7)
+    monkeypatch.setattr(smol.slots, "n_batch", 7)
     (chunked,) = smol.score([prompt], [gen.token_ids])
     np.testing.assert_array_equal(chunked.argmax_ids, whole.argmax_ids)
     np.testing.assert_array_equal(chunked.logprobs, whole.logprobs)
