@@ -40,6 +40,7 @@ from asd_core.ground.errors import cli_entry
 from asd_core.models.base import Backend, GenerationParams
 from asd_core.models.registry import load_backend
 from asd_core.policy.baselines import FixedDepth
+from benchmarks import spec_decode_hf, spec_decode_vllm, spec_results
 
 REPO = Path(__file__).resolve().parents[1]
 NEAR_TIE_NATS = 0.5  # margins below this are within the observed batched-vs-single logit noise
@@ -223,7 +224,6 @@ def baseline_ratios(
     profile's runtime; the baselines run transformers assisted generation and vLLM
     speculative decoding with the same two models, each beside its own target alone.
     """
-    from benchmarks import spec_decode
 
     models = REPO / params.models_dir
     target, drafter = params.stages[-1], params.stages[-2]
@@ -245,12 +245,12 @@ def baseline_ratios(
         alone, sum(t.latency_s for t in alone)
     )
     runs = {
-        "transformers assisted": spec_decode.assisted_generation(
+        "transformers assisted": spec_decode_hf.assisted_generation(
             target, drafter, prompts, gp, models
         )
     }
     if args.vllm_python:
-        runs["vLLM spec decode"] = spec_decode.vllm_spec_decode(
+        runs["vLLM spec decode"] = spec_decode_vllm.vllm_spec_decode(
             target, drafter, prompts, gp, models, vllm_python=args.vllm_python
         )
     for name, res in runs.items():
@@ -258,7 +258,7 @@ def baseline_ratios(
         alone_tps = sum(len(r.target_token_ids or []) for r in res) / sum(
             r.target_seconds or 0.0 for r in res
         )
-        same = sum(a.identical for a in spec_decode.compare_with_target(res))
+        same = sum(a.identical for a in spec_results.compare_with_target(res))
         out[f"(d) {name} tok/s"] = tps
         out[f"(d) {name} ÷ its target alone"] = tps / alone_tps
         out[f"(d) {name}: outputs identical to its target"] = f"{same}/{len(res)}"
