@@ -19,6 +19,7 @@ import pandas as pd
 
 from asd_core.analysis import summaries
 from asd_core.ground import stats
+from asd_core.ground.config import Params, default
 from asd_core.ground.errors import AsdError
 
 ORACLE = "oracle_router"  # the yardstick of oracle gaps and saving shares
@@ -99,12 +100,21 @@ class AnalysisError(AsdError):
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """Notebook 05's own parameters (not in ``config.Params``), checked on construction."""
+    """Notebook 05's parameters, checked on construction (defaults: the parameters')."""
 
-    n_resamples: int = 1000  # bootstrap resamples per CI
-    alpha: float = 0.05  # family-wise error rate of the Holm-corrected tests; CIs are 1 − alpha
-    ci_method: str = "percentile"  # summarise's CIs: "percentile" (fast) or "BCa"
-    headline_method: str = "dp"  # the method the headline table reports
+    n_resamples: int = default("analysis_bootstrap_resamples")  # bootstrap resamples per CI
+    alpha: float = default("analysis_alpha")  # Holm family-wise error rate; CIs are 1 − alpha
+    ci_method: str = default("analysis_ci_method")  # "percentile" (fast), "BCa" or "basic"
+    headline_method: str = default("headline_method")  # the method the headline table reports
+
+    @classmethod
+    def from_params(cls, params: Params) -> AnalysisSettings:
+        return cls(
+            params.analysis_bootstrap_resamples,
+            params.analysis_alpha,
+            params.analysis_ci_method,
+            params.headline_method,
+        )
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_resamples, int) or self.n_resamples < 1:

@@ -11,6 +11,7 @@ Run ``python -m asd_core.ground.config params/base.yaml params/cpu.yaml`` to che
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import re
@@ -19,7 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from asd_core.ground.errors import ConfigError, cli_entry
 
@@ -59,6 +68,8 @@ class Params(BaseModel):
     """Every parameter a notebook or runner reads. One field per YAML key."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    # set by notebook_params: the keys a notebook was given (the digest covers only those)
+    _declared: frozenset[str] | None = PrivateAttr(default=None)
 
     profile: Annotated[str, Field(min_length=1)]  # name of the profile; output folders use it
     seed: Annotated[int, Field(ge=0)]  # master seed for every random generator
@@ -199,9 +210,50 @@ class Params(BaseModel):
         return self
 
     def digest(self) -> str:
-        """Short stable hash of the parameters, recorded in provenance sidecars."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Short stable hash of the parameters, recorded in provenance sidecars.
+
+        Of every field for a complete set; of the keys it was given for a notebook's.
+        """
+        if self._declared is None:
+            values = self.model_dump(mode="json")
+        else:
+            values = self.model_dump(mode="json", include=set(self._declared))
+        blob = json.dumps(values, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def present(self) -> dict[str, Any]:
+        """Every field that has a value: given, or defaulted (a notebook's required keys it
+        was not given are absent)."""
+        return {k: getattr(self, k) for k in type(self).model_fields if k in self.__dict__}
+
+
+def default(key: str) -> Any:
+    """The default of parameter ``key``: :class:`Params` is the one source of defaults."""
+    field = Params.model_fields.get(key)
+    if field is None or field.is_required():
+        raise ConfigError(f"key '{key}': no default (unknown or required)")
+    return copy.deepcopy(field.get_default(call_default_factory=True))
+
+
+def notebook_params(namespace: Mapping[str, Any]) -> Params:
+    """The parameters a notebook was given, validated, as a typed :class:`Params`.
+
+    papermill injects a notebook's parameters as variables: pass ``globals()``. Every name in it
+    that is a parameter key is validated (:func:`validate_subset`: one-line :class:`ConfigError`
+    naming the key); keys it was not given take their defaults, and a required key it was not
+    given is absent (reading it raises ``AttributeError`` naming it). The provenance digest
+    covers exactly the keys it was given.
+    """
+    given = {k: v for k, v in namespace.items() if k in Params.model_fields}
+    values = validate_subset(**given)
+    defaults = {
+        k: copy.deepcopy(f.get_default(call_default_factory=True))
+        for k, f in Params.model_fields.items()
+        if not f.is_required() and k not in values
+    }
+    params = Params.model_construct(_fields_set=set(values), **defaults, **values)
+    params._declared = frozenset(values)
+    return params
 
 
 def _first_error(err: ValidationError, origin: Mapping[str, str]) -> str:

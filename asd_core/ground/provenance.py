@@ -155,8 +155,8 @@ def hardware() -> dict[str, Any]:
 def provenance(params: Params | Mapping[str, Any], seed: int, **extra: Any) -> dict[str, Any]:
     """Everything needed to say where a result came from; ``extra`` keys are added verbatim.
 
-    ``params`` is a full :class:`Params` or the dict a notebook validated with
-    ``config.validate_subset``; the digest then covers exactly the keys the notebook used.
+    ``params`` is a full :class:`Params`, a notebook's (``config.notebook_params``: the digest
+    then covers exactly the keys it was given) or a plain dict of parameter values.
     """
     commit = _git("rev-parse", "HEAD")
     # the code, params and notebooks that produced a result: reports/ is left out because a

@@ -22,6 +22,7 @@ from scipy.special import expit
 from torch import nn
 from torch.nn import functional as F
 
+from asd_core.ground.config import Params, default
 from asd_core.ground.errors import AsdError
 from asd_core.learning.calibration import Calibration, CalibrationMethod
 
@@ -30,24 +31,26 @@ from asd_core.learning.calibration import Calibration, CalibrationMethod
 class TrainConfig:
     """How to train both ensembles (the output predictor and the input-only head)."""
 
-    hidden_sizes: tuple[int, ...] = (64, 64)  # widths of the shared trunk's layers
-    dropout: float = 0.1  # dropout after each trunk layer, training only
-    lr: float = 1e-3  # AdamW learning rate
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    batch_size: int = 128  # rows per optimiser step
-    max_epochs: int = 200  # upper bound on passes over the training split
-    patience: int = 10  # epochs without a lower calibration-split BCE before stopping
-    n_members: int = 5  # deep-ensemble size
-    calibration: CalibrationMethod = "temperature"  # map applied to the ensemble mean
-    input_stage: int = 0  # stage whose tokenised prompt the input-only head reads
+    # defaults are the parameters' (config.Params is the one source of defaults)
+    hidden_sizes: tuple[int, ...] = tuple(default("predictor_hidden_sizes"))  # trunk widths
+    dropout: float = default("predictor_dropout")  # dropout after each trunk layer, training only
+    lr: float = default("predictor_lr")  # AdamW learning rate
+    weight_decay: float = default("predictor_weight_decay")  # AdamW decoupled weight decay
+    batch_size: int = default("predictor_batch_size")  # rows per optimiser step
+    max_epochs: int = default(
+        "predictor_max_epochs"
+    )  # upper bound on passes over the training split
+    patience: int = default(
+        "predictor_patience"
+    )  # epochs without a lower calibration BCE, then stop
+    n_members: int = default("predictor_members")  # deep-ensemble size
+    calibration: CalibrationMethod = default("predictor_calibration")  # map of the ensemble mean
+    input_stage: int = default("predictor_input_stage")  # stage whose prompt the input head reads
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | Any) -> TrainConfig:
-        """The config named by ``predictor_*`` parameter keys (missing keys keep defaults).
-
-        ``params`` is a :class:`asd_core.ground.config.Params` or a dict of notebook parameters.
-        """
-        values = params.model_dump() if hasattr(params, "model_dump") else dict(params)
+    def from_params(cls, params: Params | Mapping[str, Any]) -> TrainConfig:
+        """The config named by ``predictor_*`` parameter keys (missing keys keep defaults)."""
+        values = params.present() if isinstance(params, Params) else dict(params)
         kwargs = {field: values[key] for key, field in PARAM_KEYS.items() if key in values}
         if "hidden_sizes" in kwargs:
             kwargs["hidden_sizes"] = tuple(kwargs["hidden_sizes"])

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from asd_core.ground import belief, stopping
+from asd_core.ground.config import Params, default
 from asd_core.ground.errors import AsdError
 from asd_core.learning.features import VERIFICATION_NAMES, previous_acceptance
 from asd_core.learning.predictor import LABEL_COLUMNS, QualityPredictor, entry_features
@@ -35,11 +36,15 @@ from asd_core.policy.costs import (
 
 @dataclass(frozen=True)
 class RiskSettings:
-    """Bayesian shrinkage of the ensemble's predictions (DESIGN §6)."""
+    """Bayesian shrinkage of the ensemble's predictions (defaults: the parameters')."""
 
-    alpha: float = 10.0  # prior strength in pseudo-observations; 0 = no shrinkage
-    beta: float = 0.5  # 0.5: posterior mean; lower: that quantile (risk-averse)
-    n_max: float = 1000.0  # cap on the effective sample size
+    alpha: float = default("risk_alpha")  # prior strength in pseudo-observations; 0 = none
+    beta: float = default("risk_beta")  # 0.5: posterior mean; lower: that quantile (risk-averse)
+    n_max: float = default("risk_n_max")  # cap on the effective sample size
+
+    @classmethod
+    def from_params(cls, params: Params) -> RiskSettings:
+        return cls(params.risk_alpha, params.risk_beta, params.risk_n_max)
 
 
 @dataclass

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from asd_core.data.splits import fold_of, is_pool_id
 from asd_core.decoding.protocol import Policy
 from asd_core.ground import belief, lambda_search, stopping
+from asd_core.ground.config import Params, default
 from asd_core.ground.errors import AsdError
 from asd_core.learning.ensemble import TrainConfig
 from asd_core.learning.features import FeatureSet
@@ -83,19 +84,18 @@ class EvalSettings:
     """What the runner needs besides the generations (read from params)."""
 
     lambdas: tuple[float, ...]  # λ values of the research protocol (always in the grid)
-    seeds: tuple[int, ...]  # evaluation runs; each trains its own predictor
-    label_mode: LabelMode = "answer"  # acceptance label ("answer" or "token")
-    risk: RiskSettings = dataclasses.field(
-        default_factory=RiskSettings
-    )  # shrinkage of the DP method
-    n_bins: int = 10  # belief bins per (stage, view), quantile-cut
-    smoothing: float = 1.0  # pseudo-inputs pulling sparse bins to what is known overall
-    neighbours: int = 25  # held-out inputs the entry decision compares an input with
+    # the rest default to the parameters' (config.Params is the one source of defaults)
+    seeds: tuple[int, ...] = tuple(default("eval_seeds"))  # runs; each trains its own predictor
+    label_mode: LabelMode = default("label_mode")  # acceptance label ("answer" or "token")
+    risk: RiskSettings = dataclasses.field(default_factory=RiskSettings)  # the DP's shrinkage
+    n_bins: int = default("belief_bins")  # belief bins per (stage, view), quantile-cut
+    smoothing: float = default("belief_smoothing")  # pseudo-inputs pulling sparse bins
+    neighbours: int = default("entry_neighbours")  # held-out inputs the entry compares with
     stage_sizes: tuple[float, ...] = ()  # parameters (billions) per stage, for dp_size_costs
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # predictor training
-    cost_source: CostSource = "measured"  # seconds as measured, or the size × tokens proxy
-    folds: int = 5  # cross-fitting folds: each item is evaluated by methods fitted on the others
-    dense_lambdas: int = 30  # at least this many λ on the DP curves (0: only ``lambdas``)
+    cost_source: CostSource = default("cost_source")  # measured seconds, the model, or flops
+    folds: int = default("eval_folds")  # cross-fitting: items evaluated by the other folds' fits
+    dense_lambdas: int = default("dense_lambdas")  # at least this many λ on the DP curves
     max_lambdas: int = 60  # at most this many (change points are thinned evenly beyond it)
 
 
@@ -440,24 +440,19 @@ def _evaluate_fold(
     return out, missing, fold_info
 
 
-def results_settings(params: Any, stage_sizes: Sequence[float] = ()) -> EvalSettings:
-    """:class:`EvalSettings` from validated parameters (a Params or a dict)."""
-    values = params.model_dump() if hasattr(params, "model_dump") else dict(params)
+def results_settings(params: Params) -> EvalSettings:
+    """:class:`EvalSettings` from a notebook's validated parameters."""
     return EvalSettings(
-        lambdas=tuple(values["lambdas"]),
-        seeds=tuple(values.get("eval_seeds", [1, 2, 3, 4, 5])),
-        label_mode=values.get("label_mode", "answer"),
-        risk=RiskSettings(
-            values.get("risk_alpha", 10.0),
-            values.get("risk_beta", 0.5),
-            values.get("risk_n_max", 1000.0),
-        ),
-        n_bins=values.get("belief_bins", 10),
-        smoothing=values.get("belief_smoothing", 1.0),
-        neighbours=values.get("entry_neighbours", 25),
-        dense_lambdas=values.get("dense_lambdas", 30),
-        stage_sizes=tuple(stage_sizes),
-        train=TrainConfig.from_params(values),
-        cost_source=values.get("cost_source", "measured"),
-        folds=values.get("eval_folds", 5),
+        lambdas=tuple(params.lambdas),
+        seeds=tuple(params.eval_seeds),
+        label_mode=params.label_mode,
+        risk=RiskSettings.from_params(params),
+        n_bins=params.belief_bins,
+        smoothing=params.belief_smoothing,
+        neighbours=params.entry_neighbours,
+        dense_lambdas=params.dense_lambdas,
+        stage_sizes=tuple(params.stage_sizes),
+        train=TrainConfig.from_params(params),
+        cost_source=params.cost_source,
+        folds=params.eval_folds,
     )

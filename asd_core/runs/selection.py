@@ -128,12 +128,14 @@ class DatagenSpec:
                 )
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> DatagenSpec:
+    def from_params(cls, params: config.Params | Mapping[str, Any]) -> DatagenSpec:
         """The spec of flat notebook (or YAML) parameters.
 
         Reads ``profile``, ``seed``, ``stages``, ``tasks`` and ``split_fractions`` (shared with
         the other notebooks) and every ``datagen_<field>`` key; other keys are ignored.
         """
+        if isinstance(params, config.Params):
+            params = params.present()
         stages = list(params["stages"])
         if stages and not isinstance(stages[0], StageConfig):
             stages = config.validate_subset(stages=stages)["stages"]
