@@ -20,7 +20,7 @@ from asd_core.learning.ensemble import TrainConfig
 from asd_core.learning.features import FeatureSet, StageView
 from asd_core.learning.predictor import train_predictor
 from asd_core.policy import adaptive, baselines, costs, fitting
-from asd_core.runs import evaluate, replay
+from asd_core.runs import eval_settings, evaluate, replay
 from benchmarks.features import synthetic_frame
 
 K = 3
@@ -214,7 +214,7 @@ def test_evaluate_produces_every_method_and_summarises(
         return train_predictor(train, cal, *args, **kw)
 
     monkeypatch.setattr(evaluate, "train_predictor", recording)
-    settings = evaluate.EvalSettings(
+    settings = eval_settings.EvalSettings(
         lambdas=(0.1, 10.0),
         seeds=(1, 2),
         train=TrainConfig(max_epochs=10, patience=3, n_members=2),
@@ -255,10 +255,12 @@ def test_evaluate_produces_every_method_and_summarises(
 def test_evaluate_refuses_missing_calibration_rows_and_empty_folds(gens: pd.DataFrame) -> None:
     no_cal = gens[gens["split"] != "calibration"]
     with pytest.raises(AsdError, match="no 'calibration' rows"):
-        evaluate.evaluate(no_cal, evaluate.EvalSettings((1.0,), (1,)), K, progress=False)
+        evaluate.evaluate(no_cal, eval_settings.EvalSettings((1.0,), (1,)), K, progress=False)
     one_item = gens[gens["item_id"] == gens["item_id"].iloc[0]]
     with pytest.raises(AsdError, match="eval_folds: fold"):
-        evaluate.evaluate(one_item, evaluate.EvalSettings((1.0,), (1,), folds=2), K, progress=False)
+        evaluate.evaluate(
+            one_item, eval_settings.EvalSettings((1.0,), (1,), folds=2), K, progress=False
+        )
 
 
 # -- costs from the fitted cost model ------------------------------------------------------------
@@ -336,7 +338,7 @@ def test_pool_prompts_train_every_fold_and_are_never_evaluated(
         return train_predictor(train, cal, *args, **kw)
 
     monkeypatch.setattr(evaluate, "train_predictor", recording)
-    settings = evaluate.EvalSettings(
+    settings = eval_settings.EvalSettings(
         lambdas=(1.0,),
         seeds=(1,),
         train=TrainConfig(max_epochs=5, patience=2, n_members=1),

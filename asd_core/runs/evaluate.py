@@ -1,10 +1,9 @@
-"""Every method of the evaluation in one runner, by replay, cross-fitted over folds (DESIGN §10).
+"""Every method of the evaluation in one runner, by replay, cross-fitted over folds.
 
 ``evaluate`` returns the tidy results table: one row per method × λ × seed × dataset × input
 with quality, cost (seconds), depth, path and the fold the input was evaluated in; every input
-is evaluated once per method × λ × seed, by methods fitted on the other folds. Methods (each a
-policy object from ``asd_core.policy.baselines`` or ``asd_core.policy.adaptive``, the same the online pipeline
-runs), looked up by name in :data:`METHODS`:
+is evaluated once per method × λ × seed, by methods fitted on the other folds
+(:mod:`asd_core.runs.folds`). The methods are registered by name in :mod:`asd_core.runs.methods`:
 
 * ``stage_k``: each stage alone; ``oracle_router``/``oracle_cascade``: the limits on the
   acceptance label the learned methods are tuned on, ``oracle_router_quality``: on ground truth
@@ -17,7 +16,7 @@ runs), looked up by name in :data:`METHODS`:
 * ``router``: RouteLLM-style, straight to the cheapest stage whose input-only P(accept) clears
   a threshold, tuned the same way;
 * ``pair_i_j``: two-stage cascades i → j with a tuned threshold (the envelope over pairs is the
-  "best pair" curve, ``curves.pooled_envelope``); ``draft_verify_deepest``: the lossless
+  "best pair" curve, ``frontier.pooled_envelope``); ``draft_verify_deepest``: the lossless
   two-model route to the deepest stage's output (draft with the stage below, verify + continue);
 * ``dp``: the adaptive policy, route then cascade with restarts, on a dense λ grid placed where
   the solved policies change (:func:`lambda_grid`); ablations ``dp_no_predictor``
@@ -35,202 +34,24 @@ generations are shared, so seeds differ in what is learned, not in what the mode
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from asd_core.data.splits import fold_of, is_pool_id
-from asd_core.decoding.protocol import Policy
-from asd_core.ground import belief, lambda_search, stopping
-from asd_core.ground.config import Params, default
+from asd_core.ground import lambda_search, stopping
 from asd_core.ground.errors import AsdError
-from asd_core.learning.ensemble import TrainConfig
-from asd_core.learning.features import FeatureSet
-from asd_core.learning.predictor import LabelMode, QualityPredictor, train_predictor
 from asd_core.policy.adaptive import AdaptivePolicy, CachedObserver
-from asd_core.policy.baselines import (
-    FixedDepth,
-    OracleCascade,
-    OracleRouter,
-    RandomMixing,
-    StageAlone,
-    ThresholdCascade,
-    ThresholdRouter,
-    cheapest_acceptable,
-)
-from asd_core.policy.costs import CostSource, size_based_costs
 from asd_core.policy.fitting import (
     PolicyModel,
-    Predictions,
-    RiskSettings,
-    fit_policy_model,
-    predictions,
 )
-from asd_core.runs.replay import ReplayData, Replayed, simulate, tune_threshold
-
-CostMode = Literal["table", "per_input"]
-BUDGETS = (0.3, 0.45, 0.6, 0.75, 0.9)  # cost budgets of the tuned baselines, share of deepest
-MIX_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # random mixing: share of inputs sent deepest
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """What the runner needs besides the generations (read from params)."""
-
-    lambdas: tuple[float, ...]  # λ values of the research protocol (always in the grid)
-    # the rest default to the parameters' (config.Params is the one source of defaults)
-    seeds: tuple[int, ...] = tuple(default("eval_seeds"))  # runs; each trains its own predictor
-    label_mode: LabelMode = default("label_mode")  # acceptance label ("answer" or "token")
-    risk: RiskSettings = dataclasses.field(default_factory=RiskSettings)  # the DP's shrinkage
-    n_bins: int = default("belief_bins")  # belief bins per (stage, view), quantile-cut
-    smoothing: float = default("belief_smoothing")  # pseudo-inputs pulling sparse bins
-    neighbours: int = default("entry_neighbours")  # held-out inputs the entry compares with
-    stage_sizes: tuple[float, ...] = ()  # parameters (billions) per stage, for dp_size_costs
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # predictor training
-    cost_source: CostSource = default("cost_source")  # measured seconds, the model, or flops
-    folds: int = default("eval_folds")  # cross-fitting: items evaluated by the other folds' fits
-    dense_lambdas: int = default("dense_lambdas")  # at least this many λ on the DP curves
-    max_lambdas: int = 60  # at most this many (change points are thinned evenly beyond it)
-
-
-# -- one fold's fitted pieces --------------------------------------------------------------------
-@dataclasses.dataclass
-class Fitted:
-    """Everything learned for one fold × seed, and the observers that replay reads."""
-
-    predictor: QualityPredictor
-    # name → (policy model, rule, costs replacing the model's or None, cost mode)
-    variants: dict[str, tuple[PolicyModel, stopping.Rule, belief.Costs | None, CostMode]]
-    # "test" / "calibration" / "heuristic_test": calibrated predictions, looked up
-    observers: dict[str, CachedObserver]
-
-
-def heuristic_scores(df: pd.DataFrame, n_stages: int) -> np.ndarray:
-    """(N, K) max-probability heuristic: exp(mean log-prob) of each stage's output."""
-    df = df.sort_values(["item_id", "stage"], kind="stable")
-    score = df["logprobs"].map(lambda v: float(np.exp(np.mean(v))) if len(v) else 1.0)
-    return score.to_numpy(float).reshape(-1, n_stages)
-
-
-def heuristic_predictions(df: pd.DataFrame, n_stages: int, prior: np.ndarray) -> Predictions:
-    """The no-predictor ablation's "predictions": the heuristic in both views, no input head
-    (every input looks the same before it runs, so the entry compares it with all held-out
-    inputs)."""
-    h = heuristic_scores(df, n_stages)
-    ids = sorted(df["item_id"].unique().tolist())
-    return Predictions(
-        item_ids=ids,
-        mean=np.stack([h, h]),
-        var=np.zeros((2, *h.shape)),
-        head=np.tile(prior, (len(h), 1)),
-        head_var=np.zeros(h.shape),
-    )
-
-
-def _observer(pred: Predictions, data: ReplayData, input_stage: int) -> CachedObserver:
-    return CachedObserver(pred, data.n_in[:, input_stage], data.n_out)
-
-
-def fit_fold(
-    splits: dict[str, pd.DataFrame],
-    data: dict[str, ReplayData],
-    settings: EvalSettings,
-    K: int,
-    seed: int,
-) -> Fitted:
-    """Train the predictor and fit every DP variant for one fold and seed."""
-    src, sizes, B, s = (
-        settings.cost_source,
-        settings.stage_sizes,
-        settings.n_bins,
-        settings.smoothing,
-    )
-    predictor = train_predictor(
-        splits["train"],
-        splits["calibration"],
-        FeatureSet(K),
-        settings.label_mode,
-        settings.train,
-        seed,
-    )
-    held = predictions(predictor, splits["calibration"], K)
-    test = predictions(predictor, splits["test"], K)
-
-    def fit(
-        risk: RiskSettings, smoothing: float, pred: Predictions, neighbours: int
-    ) -> PolicyModel:
-        return fit_policy_model(
-            predictor,
-            splits["train"],
-            splits["calibration"],
-            risk,
-            B,
-            smoothing,
-            src,
-            sizes,
-            neighbours,
-            held=pred,
-        )
-
-    model = fit(settings.risk, s, held, settings.neighbours)
-    heur_held = heuristic_predictions(splits["calibration"], K, model.prior)
-    n_held = len(heur_held.item_ids)
-    by_size = settings.stage_sizes or tuple(float(k + 1) for k in range(K))
-    variants: dict[str, tuple[PolicyModel, stopping.Rule, belief.Costs | None, CostMode]] = {
-        "dp": (model, stopping.DP, None, "table"),
-        "dp_no_risk": (
-            fit(RiskSettings(alpha=0.0), s, held, settings.neighbours),
-            stopping.DP,
-            None,
-            "table",
-        ),
-        "dp_no_smoothing": (
-            fit(settings.risk, 0.0, held, settings.neighbours),
-            stopping.DP,
-            None,
-            "table",
-        ),
-        "dp_no_predictor": (fit(settings.risk, s, heur_held, n_held), stopping.DP, None, "table"),
-        "dp_size_costs": (model, stopping.DP, size_based_costs(by_size, B), "table"),
-        "dp_no_restart": (model, stopping.NO_RESTART, None, "table"),
-        "dp_myopic": (model, stopping.MYOPIC, None, "table"),
-        "dp_sequential": (model, stopping.SEQUENTIAL_RULE, None, "table"),
-        "dp_per_input": (model, stopping.DP, None, "per_input"),
-    }
-    s0 = predictor.config.input_stage
-    observers = {
-        "test": _observer(test, data["test"], s0),
-        "calibration": _observer(held, data["calibration"], s0),
-        "heuristic_test": _observer(
-            heuristic_predictions(splits["test"], K, model.prior), data["test"], s0
-        ),
-    }
-    return Fitted(predictor, variants, observers)
-
-
-def _cascade(
-    threshold: float, observer: CachedObserver, stages: tuple[int, ...], name: str
-) -> Policy:
-    return ThresholdCascade(threshold, stages, observer, name)
-
-
-def _router(threshold: float, observer: CachedObserver) -> Policy:
-    return ThresholdRouter(threshold, observer, "router")
-
-
-def _replay_threshold(
-    data: ReplayData,
-    make: Callable[[float, CachedObserver], Policy],
-    observer: CachedObserver,
-    threshold: float,
-) -> Replayed:
-    return simulate(data, make(threshold, observer))
+from asd_core.runs import methods
+from asd_core.runs.eval_settings import EvalSettings
+from asd_core.runs.folds import Fitted, fit_fold
+from asd_core.runs.replay import ReplayData, Replayed, simulate
 
 
 def _rows(method: str, lam: float, seed: int, data: ReplayData, r: Replayed) -> pd.DataFrame:
@@ -250,11 +71,6 @@ def _rows(method: str, lam: float, seed: int, data: ReplayData, r: Replayed) -> 
             "path": ["→".join(map(str, p)) for p in r.paths],
         }
     )
-
-
-def _dp_policy(fitted: Fitted, name: str, lam: float, observer: CachedObserver) -> AdaptivePolicy:
-    model, rule, costs, mode = fitted.variants[name]
-    return AdaptivePolicy(model, lam, observer, rule=rule, costs=costs, name=name, cost_mode=mode)
 
 
 def lambda_grid(fitted: Sequence[Fitted], settings: EvalSettings) -> list[float]:
@@ -379,58 +195,17 @@ def _evaluate_fold(
     seed: int,
     grid: Sequence[float],
 ) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, Any]]:
-    """Every method on one fold's test inputs, from what was fitted on the other folds."""
-    test, cal = data["test"], data["calibration"]
+    """Every selected method (:mod:`asd_core.runs.methods`) on one fold's test inputs."""
+    test = data["test"]
+    ctx = methods.FoldContext(test, data["calibration"], fitted, settings, K, seed, grid)
     out: list[pd.DataFrame] = []
     missing: list[dict[str, Any]] = []
-
-    def run(policy: Policy, lam: float, on: ReplayData = test) -> None:
-        out.append(_rows(policy.name, lam, seed, on, simulate(on, policy)))
-
-    if seed == settings.seeds[0]:  # nothing learned: one copy is enough
-        for k in range(K):
-            run(StageAlone(k, K), math.nan)
-        labels = dict(zip(test.item_ids, cheapest_acceptable(test.label).tolist(), strict=True))
-        best = test.quality >= test.quality.max(axis=1, keepdims=True)
-        by_quality = dict(zip(test.item_ids, best.argmax(axis=1).tolist(), strict=True))
-        run(OracleRouter(labels, K), math.nan)
-        run(OracleCascade(labels, K), math.nan)
-        run(OracleRouter(by_quality, K, name="oracle_router_quality"), math.nan)
-        if K >= 2:
-            draft = FixedDepth(K - 1, K, start=K - 2)
-            draft.name = "draft_verify_deepest"
-            run(draft, math.nan)
-    for share in MIX_SHARES:
-        mix = RandomMixing([1.0 - share, *([0.0] * (K - 2)), share], seed)
-        mix.name = "random"
-        run(mix, share)
-    # tuned baselines: thresholds chosen on the calibration inputs, applied to the test inputs
-    score_cal, score_test = fitted.observers["calibration"], fitted.observers["test"]
-    families: dict[str, Callable[[float, CachedObserver], Policy]] = {
-        "static_cascade": functools.partial(
-            _cascade, stages=tuple(range(K)), name="static_cascade"
-        ),
-        "router": _router,
-    }
-    for i in range(K - 1):
-        for j in range(i + 1, K):
-            families[f"pair_{i}_{j}"] = functools.partial(
-                _cascade, stages=(i, j), name=f"pair_{i}_{j}"
-            )
-    cal_deepest = float(cal.scratch_s[:, -1].mean())
-    for name, make in families.items():
-        on_cal = functools.partial(_replay_threshold, cal, make, score_cal)
-        tuned = tune_threshold(on_cal, cal_deepest, BUDGETS)
-        for budget, t in tuned.items():
-            if math.isnan(t):
-                missing.append({"method": name, "budget": budget})
-                continue
-            run(make(t, score_test), budget)
-    # the DP policy and its ablations on the dense λ grid
-    for name in fitted.variants:
-        observer = fitted.observers["heuristic_test" if name == "dp_no_predictor" else "test"]
-        for lam in grid:
-            run(_dp_policy(fitted, name, lam, observer), lam)
+    for method in methods.selected(settings.methods):
+        if method.once and seed != settings.seeds[0]:  # nothing learned: one copy is enough
+            continue
+        runs = method.run(ctx)
+        out += [_rows(p.name, x, seed, test, simulate(test, p)) for p, x in runs.policies]
+        missing += runs.missing
     model = fitted.variants["dp"][0]
     fold_info = {
         "prior": model.prior.tolist(),
@@ -438,21 +213,3 @@ def _evaluate_fold(
         "held_out_inputs": model.held_out.n,
     }
     return out, missing, fold_info
-
-
-def results_settings(params: Params) -> EvalSettings:
-    """:class:`EvalSettings` from a notebook's validated parameters."""
-    return EvalSettings(
-        lambdas=tuple(params.lambdas),
-        seeds=tuple(params.eval_seeds),
-        label_mode=params.label_mode,
-        risk=RiskSettings.from_params(params),
-        n_bins=params.belief_bins,
-        smoothing=params.belief_smoothing,
-        neighbours=params.entry_neighbours,
-        dense_lambdas=params.dense_lambdas,
-        stage_sizes=tuple(params.stage_sizes),
-        train=TrainConfig.from_params(params),
-        cost_source=params.cost_source,
-        folds=params.eval_folds,
-    )
