@@ -34,23 +34,23 @@ generations are shared, so seeds differ in what is learned, not in what the mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from asd_core.data.splits import fold_of, is_pool_id
+from asd_core.data.splits import is_pool_id
 from asd_core.ground import lambda_search, stopping
-from asd_core.ground.errors import AsdError
+from asd_core.learning.predictor import QualityPredictor
 from asd_core.policy.adaptive import AdaptivePolicy, CachedObserver
 from asd_core.policy.fitting import (
     PolicyModel,
 )
 from asd_core.runs import methods
 from asd_core.runs.eval_settings import EvalSettings
-from asd_core.runs.folds import Fitted, fit_fold
+from asd_core.runs.folds import Fitted, fit_fold, fold_frames
 from asd_core.runs.replay import ReplayData, Replayed, simulate
 
 
@@ -113,8 +113,12 @@ def evaluate(
     settings: EvalSettings,
     n_stages: int,
     progress: bool = True,
+    predictors: Mapping[tuple[int | None, int], QualityPredictor] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The tidy results table and side information (λ grid, costs, missing budgets).
+
+    ``predictors`` (fold, seed) → the predictor saved by notebook 03
+    (:func:`asd_core.runs.folds.load_fold_predictors`); without them each fold trains its own.
 
     Cross-fitted: items are dealt into ``settings.folds`` folds by a stable hash of their id
     (``data.splits.fold_of``). For each fold, every learned method is fitted on the other folds
@@ -124,29 +128,15 @@ def evaluate(
     (``data.splits.is_pool_id``) are never evaluated: they join every fold's training rows.
     """
     K = n_stages
+    frames = fold_frames(generations, settings.folds)
     pool = generations["item_id"].map(lambda i: is_pool_id(str(i))).to_numpy(bool)
-    extra_train, generations = generations[pool], generations[~pool]
-    fold = generations["item_id"].map(lambda i: fold_of(str(i), settings.folds)).to_numpy()
-    for f in range(settings.folds):
-        if not (fold == f).any():
-            raise AsdError(
-                f"eval_folds: fold {f} of {settings.folds} holds no item; use fewer folds"
-            )
+    tested = generations[~pool]  # every item is tested in exactly one fold
     src, sizes = settings.cost_source, settings.stage_sizes
-    everything = ReplayData.from_frame(generations, K, settings.label_mode, src, sizes)
+    everything = ReplayData.from_frame(tested, K, settings.label_mode, src, sizes)
     deepest_cost = float(everything.scratch_s[:, -1].mean())
     info: dict[str, Any] = {"deepest_cost_s": deepest_cost, "folds": {}, "missing": []}
     folds: list[tuple[dict[str, pd.DataFrame], dict[str, ReplayData]]] = []
-    for f in range(settings.folds):
-        rest = generations[fold != f]
-        parts = {
-            "train": pd.concat([rest[rest["split"] != "calibration"], extra_train]),
-            "calibration": rest[rest["split"] == "calibration"],
-            "test": generations[fold == f],
-        }
-        for name, part in parts.items():
-            if part.empty:
-                raise AsdError(f"evaluation: fold {f} leaves no '{name}' rows")
+    for parts in frames:
         data = {
             p: ReplayData.from_frame(parts[p], K, settings.label_mode, src, sizes)
             for p in ("calibration", "test")
@@ -155,7 +145,8 @@ def evaluate(
     work = [(f, seed) for f in range(settings.folds) for seed in settings.seeds]
     fitted: dict[tuple[int, int], Fitted] = {}
     for f, seed in tqdm(work, desc="fitting (fold × seed)", disable=not progress):
-        fitted[f, seed] = fit_fold(folds[f][0], folds[f][1], settings, K, seed)
+        given = predictors.get((f, seed)) if predictors else None
+        fitted[f, seed] = fit_fold(folds[f][0], folds[f][1], settings, K, seed, given)
     grid = lambda_grid(list(fitted.values()), settings)
     info["lambda_grid"] = grid
     out: list[pd.DataFrame] = []

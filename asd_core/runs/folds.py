@@ -8,11 +8,20 @@ rest train; unlabelled pool prompts join every fold's training rows and are neve
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
+from asd_core.data.splits import fold_of, is_pool_id
 from asd_core.ground import belief, stopping
+from asd_core.ground.errors import AsdError
+from asd_core.ground.files import atomic_write_text
 from asd_core.learning.features import FeatureSet
 from asd_core.learning.predictor import QualityPredictor, train_predictor
 from asd_core.policy.adaptive import CachedObserver
@@ -65,21 +74,36 @@ def _observer(pred: Predictions, data: ReplayData, input_stage: int) -> CachedOb
     return CachedObserver(pred, data.n_in[:, input_stage], data.n_out)
 
 
-def fit_fold(
-    splits: dict[str, pd.DataFrame],
-    data: dict[str, ReplayData],
-    settings: EvalSettings,
-    K: int,
-    seed: int,
-) -> Fitted:
-    """Train the predictor and fit every DP variant for one fold and seed."""
-    src, sizes, B, s = (
-        settings.cost_source,
-        settings.stage_sizes,
-        settings.n_bins,
-        settings.smoothing,
-    )
-    predictor = train_predictor(
+def fold_frames(generations: pd.DataFrame, n_folds: int) -> list[dict[str, pd.DataFrame]]:
+    """Per fold, its ``train``, ``calibration`` (both from the other folds) and ``test`` rows.
+
+    Unlabelled pool prompts join every fold's training rows and are never tested.
+    """
+    pool = generations["item_id"].map(lambda i: is_pool_id(str(i))).to_numpy(bool)
+    extra_train, generations = generations[pool], generations[~pool]
+    fold = generations["item_id"].map(lambda i: fold_of(str(i), n_folds)).to_numpy()
+    out = []
+    for f in range(n_folds):
+        if not (fold == f).any():
+            raise AsdError(f"eval_folds: fold {f} of {n_folds} holds no item; use fewer folds")
+        rest = generations[fold != f]
+        parts = {
+            "train": pd.concat([rest[rest["split"] != "calibration"], extra_train]),
+            "calibration": rest[rest["split"] == "calibration"],
+            "test": generations[fold == f],
+        }
+        for name, part in parts.items():
+            if part.empty:
+                raise AsdError(f"evaluation: fold {f} leaves no '{name}' rows")
+        out.append(parts)
+    return out
+
+
+def fold_predictor(
+    splits: dict[str, pd.DataFrame], settings: EvalSettings, K: int, seed: int
+) -> QualityPredictor:
+    """The predictor of one fold and seed, trained on the fold's train and calibration rows."""
+    return train_predictor(
         splits["train"],
         splits["calibration"],
         FeatureSet(K),
@@ -87,6 +111,24 @@ def fit_fold(
         settings.train,
         seed,
     )
+
+
+def fit_fold(
+    splits: dict[str, pd.DataFrame],
+    data: dict[str, ReplayData],
+    settings: EvalSettings,
+    K: int,
+    seed: int,
+    predictor: QualityPredictor | None = None,
+) -> Fitted:
+    """Fit every DP variant for one fold and seed (training the predictor unless given)."""
+    src, sizes, B, s = (
+        settings.cost_source,
+        settings.stage_sizes,
+        settings.n_bins,
+        settings.smoothing,
+    )
+    predictor = predictor or fold_predictor(splits, settings, K, seed)
     held = predictions(predictor, splits["calibration"], K)
     test = predictions(predictor, splits["test"], K)
 
@@ -140,3 +182,98 @@ def fit_fold(
         ),
     }
     return Fitted(predictor, variants, observers)
+
+
+# -- the fold predictors notebook 03 trains and notebook 04 loads --------------------------------
+MANIFEST = "fold_predictors.json"
+
+
+def _items_digest(frame: pd.DataFrame) -> str:
+    ids = sorted(frame["item_id"].astype(str).unique())
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def predictors_manifest(
+    generations: pd.DataFrame, settings: EvalSettings, K: int
+) -> dict[str, Any]:
+    """What the fold predictors depend on, compared key by key when they are loaded."""
+    frames = fold_frames(generations, settings.folds)
+    features = FeatureSet(K)
+    return {
+        "n_stages": K,
+        "folds": settings.folds,
+        "seeds": list(settings.seeds),
+        "label_mode": settings.label_mode,
+        "train": dataclasses.asdict(settings.train),
+        "features": list(features.names),
+        "feature_version": features.version,
+        "items": {
+            **{
+                str(f): {p: _items_digest(parts[p]) for p in ("train", "calibration")}
+                for f, parts in enumerate(frames)
+            },
+            "split": {p: _items_digest(part) for p, part in split_frames(generations).items()},
+        },
+    }
+
+
+def split_frames(generations: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The fixed ``train`` and ``calibration`` splits: what the online check's predictor learns."""
+    return {p: generations[generations["split"] == p] for p in ("train", "calibration")}
+
+
+def predictor_file(folder: Path, fold: int | None, seed: int) -> Path:
+    """Fold ``fold``'s predictor for ``seed``; ``fold`` None: the fixed split's (online check)."""
+    return folder / (f"split-seed{seed}.pt" if fold is None else f"fold{fold}-seed{seed}.pt")
+
+
+def train_fold_predictors(
+    generations: pd.DataFrame,
+    settings: EvalSettings,
+    K: int,
+    folder: str | os.PathLike[str],
+    progress: bool = True,
+) -> Path:
+    """Train and save the predictor of every fold × seed, and the fixed split's for the first
+    seed (the online check's), then the manifest (written last, so a killed run leaves no
+    manifest and the next one trains again)."""
+    folder = Path(folder)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    frames = fold_frames(generations, settings.folds)
+    work = [(f, seed) for f in range(settings.folds) for seed in settings.seeds]
+    for f, seed in tqdm(work, desc="fold predictors (fold × seed)", disable=not progress):
+        fold_predictor(frames[f], settings, K, seed).save(predictor_file(folder, f, seed))
+    first = settings.seeds[0]
+    split = fold_predictor(split_frames(generations), settings, K, first)
+    split.save(predictor_file(folder, None, first))
+    manifest = predictors_manifest(generations, settings, K)
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def load_fold_predictors(
+    folder: str | os.PathLike[str], generations: pd.DataFrame, settings: EvalSettings, K: int
+) -> dict[tuple[int | None, int], QualityPredictor]:
+    """The fold predictors notebook 03 saved, and the fixed split's under fold None; refuses (one line naming the key) a folder made
+    for other stages, features, folds, seeds, labels, training settings or items."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise AsdError(f"{path}: no fold predictors here (run notebook 03 first)")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    wanted = predictors_manifest(generations, settings, K)
+    for key, value in wanted.items():
+        if saved.get(key) != value:
+            raise AsdError(
+                f"{path}: key '{key}' differs from this run's ({saved.get(key)!r} there); "
+                "run notebook 03 again"
+            )
+    features = FeatureSet(K)
+    keys: list[tuple[int | None, int]] = [
+        (f, seed) for f in range(settings.folds) for seed in settings.seeds
+    ]
+    keys.append((None, settings.seeds[0]))
+    return {
+        key: QualityPredictor.load(predictor_file(folder, *key), features, settings.label_mode)
+        for key in keys
+    }
