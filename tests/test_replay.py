@@ -7,6 +7,8 @@ decodes only the tokens after the accepted prefix.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +22,7 @@ from asd_core.learning.ensemble import TrainConfig
 from asd_core.learning.features import FeatureSet, StageView
 from asd_core.learning.predictor import train_predictor
 from asd_core.policy import adaptive, baselines, costs, fitting
-from asd_core.runs import eval_settings, evaluate, replay
+from asd_core.runs import eval_settings, evaluate, folds, methods, replay
 from benchmarks.features import synthetic_frame
 
 K = 3
@@ -400,3 +402,40 @@ def test_decision_table_covers_every_reached_state_and_the_entry(
                                      "restart → c"}  # fmt: skip
     entry = table[table["stage"] == "entry"]
     assert (entry.groupby("lam")["n_held_out"].sum() == model.held_out.n).all()
+
+
+def test_saved_fold_predictors_give_the_same_results_and_refuse_other_settings(
+    gens: pd.DataFrame, tmp_path
+) -> None:
+    """Notebook 03's saved predictors reproduce 04's own training; a mismatch names the key."""
+    cfg = TrainConfig(max_epochs=4, patience=2, n_members=1)
+    settings = eval_settings.EvalSettings(
+        (1.0,), (1,), train=cfg, folds=2, dense_lambdas=0, methods=("stages", "dp")
+    )
+    folder = folds.train_fold_predictors(gens, settings, K, tmp_path / "folds", progress=False)
+    loaded = folds.load_fold_predictors(folder, gens, settings, K)
+    assert set(loaded) == {(0, 1), (1, 1), (None, 1)}
+    own, _ = evaluate.evaluate(gens, settings, K, progress=False)
+    saved, _ = evaluate.evaluate(gens, settings, K, progress=False, predictors=loaded)
+    pd.testing.assert_frame_equal(own, saved)
+    for other, key in (
+        (dataclasses.replace(settings, seeds=(2,)), "seeds"),
+        (dataclasses.replace(settings, folds=3), "folds"),
+        (dataclasses.replace(settings, label_mode="token"), "label_mode"),
+        (dataclasses.replace(settings, train=dataclasses.replace(cfg, lr=0.01)), "train"),
+    ):
+        with pytest.raises(AsdError, match=f"key '{key}'"):
+            folds.load_fold_predictors(folder, gens, other, K)
+    with pytest.raises(AsdError, match="key 'items'"):
+        folds.load_fold_predictors(
+            folder, gens[gens["item_id"] != gens["item_id"].iloc[0]], settings, K
+        )
+    with pytest.raises(AsdError, match="run notebook 03 first"):
+        folds.load_fold_predictors(tmp_path / "nothing", gens, settings, K)
+
+
+def test_methods_are_looked_up_by_name() -> None:
+    assert list(methods.METHODS)[:2] == ["stages", "oracles"]
+    assert [m.name for m in methods.selected(("dp", "stages"))] == ["stages", "dp"]
+    with pytest.raises(AsdError, match="evaluation method 'bogus' is unknown"):
+        methods.selected(("bogus",))
