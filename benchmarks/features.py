@@ -3,7 +3,7 @@
 ``python -m benchmarks.features`` prints the median time per input of
 
 - ``StageView.from_generation`` (building the view from a live backend output),
-- ``FeatureSet.extract`` (DESIGN §4 asks < 0.3 ms),
+- ``FeatureSet.extract`` (docs/design.md §4 asks < 0.3 ms),
 - one calibrated ensemble prediction for a single input (``QualityPredictor.predict``),
 - the input-only head for a single prompt (``QualityPredictor.predict_entry``),
 

@@ -1,4 +1,4 @@
-"""Lossless two-model speculative decoding of the deepest stage: the baselines of DESIGN §10.
+"""Lossless two-model speculative decoding of the deepest stage: the baselines of docs/design.md §10.
 
 A drafter (usually the next-smaller stage) proposes tokens and the target verifies them in one
 forward pass, keeping its own greedy choice at the first mismatch, so the output is the target's
@@ -13,7 +13,7 @@ Both also run the target alone on the same prompts, in the same process, dtype a
 so each prompt gets a side-by-side tokens/s ratio and a reference output with the same numerics.
 :func:`compare_tokens` checks a baseline's output against any reference (identical, or where it
 first diverges), and :func:`near_tie_gap` measures how close the target's two candidate tokens
-were at a divergence: lossless up to floating-point near-ties (ENVIRONMENT.md, "Floating-point").
+were at a divergence: lossless up to floating-point near-ties (README, "Runtimes").
 
     python -m benchmarks.spec_decode --profile cpu --n-prompts 4 --vllm-python /path/to/python
 """

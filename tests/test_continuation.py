@@ -1,4 +1,4 @@
-"""Continuation after verification (DESIGN §1, §3): the escalated output is the verifier's own.
+"""Continuation after verification (docs/design.md §1, §3): the escalated output is the verifier's own.
 
 Tiny random models stand in for the hierarchy: two byte-level models with different weights
 (same tokenizer) and a BPE model (another tokenizer). The central property is the lossless

@@ -1,4 +1,4 @@
-"""Features of a stage output (DESIGN §4): each feature on hand-made arrays, and the vector."""
+"""Features of a stage output (docs/design.md §4): each feature on hand-made arrays, and the vector."""
 
 from __future__ import annotations
 
@@ -266,7 +266,7 @@ def test_hidden_group_projects_each_stage_with_its_own_pca():
 
 
 def test_extract_is_fast():
-    """DESIGN §4 budget is 0.3 ms per input; a loose guard against per-row pandas creeping in."""
+    """docs/design.md §4 budget is 0.3 ms per input; a loose guard against per-row pandas creeping in."""
     fs = FeatureSet(3)
     view = make_view(n_out=64, prompt_ids=np.arange(300))
     times = []

@@ -1,4 +1,4 @@
-"""Task metrics on hand-written model outputs, well-formed and malformed (DESIGN §3, §10)."""
+"""Task metrics on hand-written model outputs, well-formed and malformed (docs/design.md §3, §10)."""
 
 from __future__ import annotations
 

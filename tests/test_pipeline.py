@@ -1,7 +1,7 @@
 """The batched pipeline and its built-in policies on a three-stage hierarchy of tiny models.
 
 Stage 0 uses the BPE tokenizer and stages 1-2 the byte tokenizer, so the 0→1 hop crosses
-tokenizers as SmolLM2 → Qwen does. The invariant (DESIGN §8): output at depth d equals M_d alone.
+tokenizers as SmolLM2 → Qwen does. The invariant (docs/design.md §8): output at depth d equals M_d alone.
 """
 
 from __future__ import annotations

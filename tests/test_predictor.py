@@ -1,4 +1,4 @@
-"""Quality predictor (DESIGN §5): ensemble training, calibration, persistence, metrics, baselines."""
+"""Quality predictor (docs/design.md §5): ensemble training, calibration, persistence, metrics, baselines."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The code sandbox against hostile programs (DESIGN §12).
+"""The code sandbox against hostile programs (docs/design.md §13).
 
 Each hostile program exits 0 only if its attack worked, so every one must come back not passed;
 after each run the host must be intact (canary files, real home, /tmp, a listening socket, no

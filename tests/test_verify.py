@@ -1,4 +1,4 @@
-"""Draft verification (DESIGN §3) on tiny random models with two different tokenizers.
+"""Draft verification (docs/design.md §3) on tiny random models with two different tokenizers.
 
 The bytes model (256 byte tokens, no merges) and the bpe model (512 tokens with trained merges)
 give a cross-tokenizer hop like SmolLM2 → Qwen. The central property checked throughout is

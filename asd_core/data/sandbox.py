@@ -1,4 +1,4 @@
-"""Run untrusted Python (HumanEval completions and their tests) in a throwaway sandbox (DESIGN §12).
+"""Run untrusted Python (HumanEval completions and their tests) in a throwaway sandbox (docs/design.md §13).
 
 :func:`run_python` writes the program into a fresh temporary folder, runs it in a separate
 ``python -I -B`` process, then kills whatever is left and deletes the folder. A small *bootstrap*

@@ -1,4 +1,4 @@
-"""Task metrics: pull the answer out of a model's free text and score it (DESIGN §3, §10).
+"""Task metrics: pull the answer out of a model's free text and score it (docs/design.md §3, §10).
 
 Per task, two things come out of one output:
 

@@ -1,4 +1,4 @@
-"""The online pipeline (DESIGN §8): route, then cascade, in batches, with a per-input trace.
+"""The online pipeline (docs/design.md §8): route, then cascade, in batches, with a per-input trace.
 
 A :class:`~asd_core.decoding.protocol.Policy` picks each input's starting stage (the entry decision) and,
 after every stage, whether to stop or move to a deeper one. Inputs are grouped by the stage they

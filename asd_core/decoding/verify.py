@@ -1,4 +1,4 @@
-"""Verification of a draft by a deeper stage (DESIGN §3), same-tokenizer or across tokenizers.
+"""Verification of a draft by a deeper stage (docs/design.md §3), same-tokenizer or across tokenizers.
 
 The verifier runs once, teacher-forced, over its own prompt + the draft written in its own
 tokens, and keeps the longest prefix on which its greedy token equals the draft's token. The
@@ -305,7 +305,7 @@ def verify(
 # -- escalation: verify, then continue ----------------------------------------------------------
 @dataclass
 class Escalation:
-    """A deeper stage's output obtained from a shallower stage's draft (DESIGN §1, §3)."""
+    """A deeper stage's output obtained from a shallower stage's draft (docs/design.md §1, §3)."""
 
     verdict: Verdict  # how much of the draft the deeper stage accepted
     output: Generation  # the deeper stage's full greedy output: accepted prefix + its own tokens

@@ -86,7 +86,7 @@ class Params(BaseModel):
     profile_warmup: Annotated[int, Field(ge=0)] = 1  # untimed runs before timing a stage
     profile_min_r2: Annotated[float, Field(ge=0, le=1)] = 0.8  # a latency fit below: disturbed
     profile_strict: bool = True  # a disturbed cost model stops notebook 01 instead of a warning
-    # -- tasks and labels (DESIGN §3, §10) --
+    # -- tasks and labels (docs/design.md §3, §10) --
     tasks: Annotated[list[TaskName], Field(min_length=1)] = [
         "mmlu",
         "humaneval",
@@ -127,7 +127,7 @@ class Params(BaseModel):
     datagen_pool_sources: dict[str, str] = {}  # pool: local file or hub id (e.g. mbpp offline)
     datagen_verify_early_exit: bool = True  # verifiers stop scoring after the first mismatch
     # block; false scores whole drafts (the old data generation, kept for its benchmark)
-    # -- quality predictor (DESIGN §5) --
+    # -- quality predictor (docs/design.md §5) --
     predictor_hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [
         64,
         64,
@@ -145,7 +145,7 @@ class Params(BaseModel):
     )
     predictor_use_hidden: bool = False  # add the 32-dim PCA of the mean hidden state
     predictor_bootstrap_resamples: PositiveInt = 1000  # bootstrap resamples for metric CIs
-    # -- risk adjustment and optimal stopping (DESIGN §6, §7) --
+    # -- risk adjustment and optimal stopping (docs/design.md §6, §7) --
     risk_alpha: Annotated[float, Field(ge=0)] = 10.0  # prior strength, pseudo-observations
     risk_beta: Annotated[float, Field(gt=0, le=0.5)] = 0.5  # 0.5: posterior mean; lower: quantile
     risk_n_max: Annotated[float, Field(ge=1)] = 1000.0  # cap on the effective sample size
@@ -159,7 +159,7 @@ class Params(BaseModel):
     # cost model of notebook 01 predicts for one sequence alone ("model": for batched generation),
     # or size × tokens (deterministic, for profiles whose timings are noise, like smoke)
     cost_source: Literal["measured", "model", "flops"] = "measured"
-    # -- evaluation (DESIGN §10) --
+    # -- evaluation (docs/design.md §10) --
     eval_seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [1, 2, 3, 4, 5]
     # cross-fitting: items dealt into folds by a stable hash; each fold is evaluated by methods
     # fitted on the others

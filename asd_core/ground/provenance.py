@@ -1,4 +1,4 @@
-"""Provenance records and atomic outputs for every table and figure (DESIGN §11, §12).
+"""Provenance records and atomic outputs for every table and figure (docs/design.md §12, §13).
 
 Each artifact ``x.csv`` / ``x.png`` is written to a temporary file in the same folder and moved
 into place with :func:`os.replace`, so a reader never sees half a file and a killed run never

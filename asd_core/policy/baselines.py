@@ -186,7 +186,7 @@ def cheapest_acceptable(labels: np.ndarray) -> np.ndarray:
     """Index of the first stage whose output is acceptable, per input.
 
     Args:
-        labels: (N, K) 0/1 acceptance labels (DESIGN §3); the last stage is always acceptable.
+        labels: (N, K) 0/1 acceptance labels (docs/design.md §3); the last stage is always acceptable.
     Returns:
         (N,) int64 in 0..K−1.
     """

@@ -262,7 +262,7 @@ def item_ids(df: pd.DataFrame) -> list[str]:
 
 @dataclass
 class InputCostModel:
-    """ĉ for one input from its lengths (DESIGN §3, §7 ``cost_mode: per_input``).
+    """ĉ for one input from its lengths (docs/design.md §3, §7 ``cost_mode: per_input``).
 
     Fitted by least squares on the training split's per-input costs (either source):
     from scratch ĉ_j = a_j + b_j·n_in + d_j·n_out; verification of a draft by j costs

@@ -1,4 +1,4 @@
-"""The run log of a profile run: what a paper's reproducibility appendix needs (DESIGN §11).
+"""The run log of a profile run: what a paper's reproducibility appendix needs (docs/design.md §12).
 
 ``reports/runs/<profile>/run_log.json`` and a readable ``run_log.md``: the environment (package
 versions, CPU, memory, GPUs, git commit, the merged parameters), then per notebook its start,

@@ -1,4 +1,4 @@
-"""Online confirmation of the replayed λ sweep (DESIGN §10): the real pipeline, real models.
+"""Online confirmation of the replayed λ sweep (docs/design.md §10): the real pipeline, real models.
 
 For a few λ values the adaptive policy runs through :class:`~asd_core.decoding.pipeline.Pipeline` on test
 inputs; each input's path and depth are compared with what replay over the cached generations

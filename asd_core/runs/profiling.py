@@ -1,4 +1,4 @@
-"""Latency profiling of each stage and its linear cost model (DESIGN §3).
+"""Latency profiling of each stage and its linear cost model (docs/design.md §3).
 
 A stage is timed on a grid of prompt lengths ``n_in`` × output lengths ``n_out`` (tokens), one
 sequence at a time. Each timed run generates exactly ``n_out`` tokens (EOS ignored) after an

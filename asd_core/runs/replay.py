@@ -1,4 +1,4 @@
-"""Replay: run any policy over cached real generations (DESIGN §10).
+"""Replay: run any policy over cached real generations (docs/design.md §10).
 
 Generation is greedy, so what each stage writes for an input does not depend on how the input
 got there (continuing a draft and restarting both give the stage's own output): a policy's path,
