@@ -18,6 +18,8 @@ VENV="${ASD_VENV:-$ROOT/.venv}"  # the newest-allowed check builds its own
 PY="$VENV/bin/python"
 LOCK=requirements.lock
 [ "${ASD_WITH_VLLM:-0}" = 1 ] && LOCK=requirements-vllm.lock
+TORCH_CPU="torch==2.13.0+cpu"  # the pinned CPU build; the locks hold its sha256
+TORCH_CPU_INDEX="${ASD_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
 NOTEBOOKS=(01_profiling 02_data_generation 03_predictor_training 04_evaluation 05_analysis)
 
 say() { printf '[run_all] %s\n' "$*"; }
@@ -36,6 +38,17 @@ find_python() {
     fi
   done
   die "Python 3.11 not found (set ASD_PYTHON to a 3.11 interpreter)"
+}
+
+torch_index_options() {
+  # Prints the pip options that make the CPU build reachable. Pip's own configuration is tried
+  # first (here a local wheel folder has it); a plain package index elsewhere has only CUDA
+  # builds of torch, and PyTorch's CPU wheel index has this one, the same file and hash.
+  if "$PY" -m pip install --dry-run --no-deps --quiet "$TORCH_CPU" >/dev/null 2>&1; then
+    return 0
+  fi
+  say "pip's index has no $TORCH_CPU; adding PyTorch's CPU wheel index ($TORCH_CPU_INDEX)" >&2
+  printf '%s\n' --extra-index-url "$TORCH_CPU_INDEX"
 }
 
 check_cpu_torch() {
@@ -61,18 +74,20 @@ install_packages() {
   say "installing packages (first time: a few minutes; llama.cpp bindings compile for ~12 min)"
   local extras="dev,llama"
   [ "$want_vllm" = 1 ] && extras="dev,llama,vllm"
+  local torch_opts=()
+  mapfile -t torch_opts < <(torch_index_options)
   if [ "$resolve" = newest ]; then
     # no lock: the newest release of everything pyproject.toml allows (torch stays pinned, so
     # pip keeps the local CPU build; an unpinned torch would pull the CUDA wheels)
     pip_q install --upgrade pip
-    pip_q install "torch==2.13.0"
+    pip_q install "${torch_opts[@]}" "$TORCH_CPU"
     CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" \
       pip_q install --upgrade --upgrade-strategy eager -e ".[$extras]"
   else
     # exactly the lock, every file checked against its sha256; the project itself goes in
     # without its dependencies (they are all in the lock) and without fetching a build backend
     CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" \
-      pip_q install --require-hashes --no-deps -r "$LOCK"
+      pip_q install --require-hashes --no-deps "${torch_opts[@]}" -r "$LOCK"
     pip_q install --no-deps --no-build-isolation -e .
   fi
   if [ "$want_vllm" = 1 ]; then
