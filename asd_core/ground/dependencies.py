@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import logging
 import re
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 
 from asd_core.ground.errors import AsdError, cli_entry
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 # lock file -> the extras of pyproject.toml it covers (core dependencies always)
@@ -131,7 +134,7 @@ def compile_locks(options: Sequence[str], repo: Path = REPO) -> None:
     package; none: keep every existing pin that still satisfies pyproject.toml).
     """
     for name, extras in LOCK_EXTRAS.items():
-        print(f"[lock] resolving {name} ({', '.join(extras)})", flush=True)
+        log.info(f"[lock] resolving {name} ({', '.join(extras)})")
         command = [
             sys.executable, "-m", "piptools", "compile", "--quiet", "--no-header",
             "--generate-hashes", "--allow-unsafe", "--strip-extras",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -34,10 +35,17 @@ class MetricsError(AsdError):
 
 
 def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
-    """Wrap a CLI ``main`` so an :class:`AsdError` becomes one stderr line and exit status 2."""
+    """Wrap a CLI ``main``: library messages are logged to stderr at INFO, and an
+    :class:`AsdError` becomes one stderr line and exit status 2."""
 
     @functools.wraps(main)
     def wrapper(*args: object, **kwargs: object) -> T:
+        from asd_core.ground import (
+            logs,  # errors is the lowest module: logs imports nothing of ours
+        )
+
+        if not logging.getLogger("asd_core").handlers:
+            logs.configure("INFO", logs.CLI_FORMAT)
         try:
             return main(*args, **kwargs)
         except AsdError as err:

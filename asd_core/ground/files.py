@@ -7,6 +7,7 @@ with :func:`os.replace`, so a killed run never leaves a partial file behind.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from asd_core.ground.errors import AssetError
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 22  # 4 MiB reads keep memory flat while hashing GB-sized files
 
@@ -105,7 +108,7 @@ def pip_download(
     """
     binary = "--no-binary=:all:" if sdist else "--only-binary=:all:"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", binary, "-q", "-d", str(dest)]
-    print(f"[{label}] downloading {', '.join(requirements)}", flush=True)
+    log.info(f"[{label}] downloading {', '.join(requirements)}")
     proc = subprocess.run([*cmd, *requirements], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]

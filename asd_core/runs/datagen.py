@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from asd_core.data import Item, load_task, pools
 from asd_core.decoding.verify import tokenizer_key
-from asd_core.ground import config
+from asd_core.ground import config, logs
 from asd_core.ground.errors import cli_entry
 from asd_core.ground.files import atomic_write_bytes, atomic_write_text
 from asd_core.ground.provenance import provenance
@@ -56,6 +57,8 @@ from asd_core.runs.generations import (
 )
 from asd_core.runs.selection import DatagenResult, DatagenSpec, prompt_fits, select_entries
 from asd_core.runs.shards import rows_of_shard
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from asd_core.data.sandbox import SandboxLimits
@@ -164,6 +167,9 @@ def run(
                 dynamic_ncols=True,
             )
             written = 0
+            progress_log = logs.Progress(
+                log, f"generations ({spec.profile})", bar.total, done=bar.n, every_s=0.0
+            )
             for s, entries in enumerate(shards):
                 if done[s]:
                     continue
@@ -171,6 +177,7 @@ def run(
                 atomic_write_bytes(shard_path(folder, s), rows_to_parquet(rows))
                 written += 1
                 bar.update(len(entries))
+                progress_log.update(len(entries))  # one line per shard, for logs
             bar.close()
     finally:
         if own:

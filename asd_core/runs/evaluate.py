@@ -34,6 +34,7 @@ generations are shared, so seeds differ in what is learned, not in what the mode
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from asd_core.data.splits import is_pool_id
-from asd_core.ground import lambda_search, stopping
+from asd_core.ground import lambda_search, logs, stopping
 from asd_core.learning.predictor import QualityPredictor
 from asd_core.policy.adaptive import AdaptivePolicy, CachedObserver
 from asd_core.policy.fitting import (
@@ -52,6 +53,8 @@ from asd_core.runs import methods
 from asd_core.runs.eval_settings import EvalSettings
 from asd_core.runs.folds import Fitted, fit_fold, fold_frames
 from asd_core.runs.replay import ReplayData, Replayed, simulate
+
+log = logging.getLogger(__name__)
 
 
 def _rows(method: str, lam: float, seed: int, data: ReplayData, r: Replayed) -> pd.DataFrame:
@@ -144,12 +147,15 @@ def evaluate(
         folds.append((parts, data))
     work = [(f, seed) for f in range(settings.folds) for seed in settings.seeds]
     fitted: dict[tuple[int, int], Fitted] = {}
+    fitting_log = logs.Progress(log, "fitting", len(work), unit="folds × seeds", every_s=0.0)
     for f, seed in tqdm(work, desc="fitting (fold × seed)", disable=not progress):
         given = predictors.get((f, seed)) if predictors else None
         fitted[f, seed] = fit_fold(folds[f][0], folds[f][1], settings, K, seed, given)
+        fitting_log.update()
     grid = lambda_grid(list(fitted.values()), settings)
     info["lambda_grid"] = grid
     out: list[pd.DataFrame] = []
+    replay_log = logs.Progress(log, "replay", len(work), unit="folds × seeds", every_s=0.0)
     for f, seed in tqdm(work, desc="replay (fold × seed)", disable=not progress):
         frames, missing, fold_info = _evaluate_fold(
             folds[f][1], fitted[f, seed], settings, K, seed, grid
@@ -158,6 +164,7 @@ def evaluate(
         info["missing"] += [{**m, "fold": f, "seed": seed} for m in missing]
         info["folds"].setdefault(f, {"n_test_items": folds[f][1]["test"].n, "seeds": {}})
         info["folds"][f]["seeds"][seed] = fold_info
+        replay_log.update()
     results = _drop_partial_points(pd.concat(out, ignore_index=True), info["missing"])
     results["cost_rel"] = results["cost"] / deepest_cost
     results.attrs["cost_source"] = src

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from asd_core.data.splits import fold_of, is_pool_id
-from asd_core.ground import belief, stopping
+from asd_core.ground import belief, logs, stopping
 from asd_core.ground.errors import AsdError
 from asd_core.ground.files import atomic_write_text
 from asd_core.learning.features import FeatureSet
@@ -35,6 +36,8 @@ from asd_core.policy.fitting import (
 )
 from asd_core.runs.eval_settings import CostMode, EvalSettings
 from asd_core.runs.replay import ReplayData
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -241,8 +244,10 @@ def train_fold_predictors(
     (folder / MANIFEST).unlink(missing_ok=True)
     frames = fold_frames(generations, settings.folds)
     work = [(f, seed) for f in range(settings.folds) for seed in settings.seeds]
+    done = logs.Progress(log, "fold predictors", len(work), unit="folds × seeds", every_s=0.0)
     for f, seed in tqdm(work, desc="fold predictors (fold × seed)", disable=not progress):
         fold_predictor(frames[f], settings, K, seed).save(predictor_file(folder, f, seed))
+        done.update()
     first = settings.seeds[0]
     split = fold_predictor(split_frames(generations), settings, K, first)
     split.save(predictor_file(folder, None, first))

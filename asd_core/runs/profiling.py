@@ -17,6 +17,7 @@ backends, which read an injectable clock; nothing here reads a clock itself.
 from __future__ import annotations
 
 import gc
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,9 +29,12 @@ import pandas as pd
 from statsmodels.regression.linear_model import OLS
 from tqdm import tqdm
 
+from asd_core.ground import logs
 from asd_core.ground.config import StageConfig
 from asd_core.ground.errors import AsdError
 from asd_core.models.base import Backend, GenerationParams, Tokenizer
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -141,11 +145,13 @@ def measure_stage(
     for w in range(warmup):
         time_once(backend, max(input_lengths), max(output_lengths), k=w)
     rows = []
+    done = logs.Progress(log, f"profile {name}", len(runs), unit="runs")
     with tqdm(total=len(runs), desc=f"profile {name}", unit="run", disable=not progress) as bar:
         for order, (n_in, n_out, rep) in enumerate(runs):
             gen_s, prefill_s, score_s = time_once(backend, n_in, n_out, k=warmup + order)
             rows.append((name, runtime, n_in, n_out, rep, order, gen_s, prefill_s, score_s))
             bar.update()
+            done.update()
     columns = ["stage", "runtime", "n_in", "n_out", "repeat", "order"]
     return pd.DataFrame(rows, columns=[*columns, "gen_s", "prefill_s", "score_s"])
 
