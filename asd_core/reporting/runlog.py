@@ -52,6 +52,14 @@ class NotebookUsage:
     notes: list[str] = field(default_factory=list)  # anything unusual (e.g. sampling failed)
 
 
+def skipped(name: str) -> NotebookUsage:
+    """The record of a notebook the runner did not run again: its outputs were complete for
+    the same code and parameters (its resources are in the attempt that made them)."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    note = "complete for this code and these parameters: not run again"
+    return NotebookUsage(name, now, now, ok=True, notes=[note])
+
+
 def _gpu_power_w() -> list[float]:
     """Current power draw of every GPU in watts; [] without nvidia-smi."""
     exe = shutil.which("nvidia-smi")
