@@ -30,6 +30,7 @@ from asd_core.analysis.style import (
     sparse_labels,
     stage_colour,
 )
+from asd_core.ground import frontier
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -100,7 +101,7 @@ def _pareto_panel(
             if pairs.empty:
                 continue
             pts = pairs[["cost", "quality"]].to_numpy(float)
-            hull = curves.upper_hull(pts[:, 0], pts[:, 1])
+            hull = frontier.upper_hull(pts[:, 0], pts[:, 1])
             ax.scatter(rel(pts[:, 0]), pts[:, 1], s=8, color=method_colour(name), alpha=0.35)
             ax.plot(
                 rel(pts[hull, 0]),
