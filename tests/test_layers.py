@@ -110,3 +110,46 @@ def test_the_core_never_imports_the_benchmarks(name: str) -> None:
         if module.split(".")[0] == name
     ]
     assert offenders == []
+
+
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+REASON = "Long because"  # a longer function says why, on a docstring line starting so
+
+
+def size_violations(root: Path = REPO) -> list[str]:
+    """Modules over MAX_MODULE_LINES, functions over MAX_FUNCTION_LINES without a reason."""
+    found = []
+    for path in sorted([*(root / "asd_core").rglob("*.py"), *(root / "benchmarks").rglob("*.py")]):
+        rel = path.relative_to(root)
+        text = path.read_text(encoding="utf-8")
+        n_lines = len(text.splitlines())
+        if n_lines > MAX_MODULE_LINES:
+            found.append(f"{rel}: {n_lines} lines (at most {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            doc = ast.get_docstring(node) or ""
+            reasoned = any(line.strip().startswith(REASON) for line in doc.splitlines())
+            if length > MAX_FUNCTION_LINES and not reasoned:
+                found.append(f"{rel}:{node.lineno} {node.name}: {length} lines and no reason")
+    return found
+
+
+def test_modules_and_functions_are_short_or_say_why() -> None:
+    assert size_violations() == []
+
+
+def test_the_size_check_can_fail(tmp_path: Path) -> None:
+    long_body = "\n".join(f"    x{i} = {i}" for i in range(70))
+    (tmp_path / "asd_core").mkdir()
+    (tmp_path / "asd_core" / "big.py").write_text(
+        f"def long():\n{long_body}\n\n\ndef reasoned():\n"
+        f'    """Does a lot.\n\n    Long because: one table, one row per line.\n    """\n{long_body}\n'
+        + "\n" * 400
+    )
+    found = size_violations(tmp_path)
+    assert any("big.py:1 long: 71 lines and no reason" in v for v in found)
+    assert not any("reasoned" in v for v in found)
+    assert any("lines (at most 500)" in v for v in found)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,6 +73,8 @@ def _pareto_panel(
     method: str,
     reference: str,
 ) -> None:
+    """One task's panel: the deepest stage's CI band, the baselines' curves, the DP's λ sweep
+    with its CI, then every single point; costs relative to the deepest stage alone."""
     ref = summary_row(data, reference)
     if ref is None:
         raise AnalysisError(f"dataset '{dataset}': no single summary row of '{reference}'")
@@ -81,6 +83,22 @@ def _pareto_panel(
     def rel(v: Any) -> np.ndarray:
         return np.asarray(v, dtype=float) / scale
 
+    _reference_band(ax, ref)
+    _baseline_curves(ax, data, curves, rel)
+    _dp_sweep(ax, data, method, rel)
+    _single_points(ax, data, rel)
+    ax.set(
+        xlabel="cost relative to the deepest stage alone (mean s ÷ deepest's mean s)",
+        ylabel="quality (accuracy or score)",
+        title=f"{dataset} (n = {int(ref['n_inputs'])} inputs)",
+    )
+    ax.grid(alpha=0.3)
+
+
+Rel = Callable[[Any], np.ndarray]  # seconds -> cost relative to the deepest stage alone
+
+
+def _reference_band(ax: Axes, ref: pd.Series) -> None:
     if np.isfinite(ref["quality_low"]) and np.isfinite(ref["quality_high"]):
         # hatched, not filled: the DP's own CI band stays readable on top of it
         ax.axhspan(
@@ -95,6 +113,8 @@ def _pareto_panel(
         )
     ax.axvline(1.0, color="0.6", lw=0.8, ls=":", zorder=0)
 
+
+def _baseline_curves(ax: Axes, data: pd.DataFrame, curves: Sequence[str], rel: Rel) -> None:
     for name in curves:
         if name == BEST_PAIR:
             pairs = data[data["method"].str.fullmatch(r"pair_\d+_\d+")]
@@ -125,36 +145,41 @@ def _pareto_panel(
             label=label(name),
         )
 
-    ours = data[data["method"] == method].sort_values("cost")
-    if not ours.empty:
-        colour = method_colour(method)
-        x = rel(ours["cost"])
-        ax.fill_between(
-            x,
-            ours["quality_low"],
-            ours["quality_high"],
-            color=colour,
-            alpha=0.12,
-            lw=0,
-            label=f"{label(method)}, 95% CI of quality",
-        )
-        ax.errorbar(
-            x,
-            ours["quality"],
-            xerr=error_bars(x, rel(ours["cost_low"]), rel(ours["cost_high"])),
-            fmt="-o",
-            ms=4.5,
-            lw=2.0,
-            capsize=2,
-            color=colour,
-            label=f"{label(method)}, λ sweep",
-            zorder=5,
-        )
-        for xi, yi, lam in sparse_labels(x, ours["quality"].to_numpy(float), ours["lam"]):
-            ax.annotate(
-                f"λ={lam:.2g}", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7
-            )
 
+def _dp_sweep(ax: Axes, data: pd.DataFrame, method: str, rel: Rel) -> None:
+    ours = data[data["method"] == method].sort_values("cost")
+    if ours.empty:
+        return
+    colour = method_colour(method)
+    x = rel(ours["cost"])
+    ax.fill_between(
+        x,
+        ours["quality_low"],
+        ours["quality_high"],
+        color=colour,
+        alpha=0.12,
+        lw=0,
+        label=f"{label(method)}, 95% CI of quality",
+    )
+    ax.errorbar(
+        x,
+        ours["quality"],
+        xerr=error_bars(x, rel(ours["cost_low"]), rel(ours["cost_high"])),
+        fmt="-o",
+        ms=4.5,
+        lw=2.0,
+        capsize=2,
+        color=colour,
+        label=f"{label(method)}, λ sweep",
+        zorder=5,
+    )
+    for xi, yi, lam in sparse_labels(x, ours["quality"].to_numpy(float), ours["lam"]):
+        ax.annotate(
+            f"λ={lam:.2g}", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7
+        )
+
+
+def _single_points(ax: Axes, data: pd.DataFrame, rel: Rel) -> None:
     singles = [m for m in data["method"].unique() if stage_index(str(m)) is not None]
     markers = ["o", "s", "D", "^", "v", "P"]
     for name in ordered(singles) + [m for m in SINGLE_POINTS if (data["method"] == m).any()]:
@@ -188,12 +213,6 @@ def _pareto_panel(
             label=label(name),
             zorder=6,
         )
-    ax.set(
-        xlabel="cost relative to the deepest stage alone (mean s ÷ deepest's mean s)",
-        ylabel="quality (accuracy or score)",
-        title=f"{dataset} (n = {int(ref['n_inputs'])} inputs)",
-    )
-    ax.grid(alpha=0.3)
 
 
 def lambda_sweep(

@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -55,7 +55,14 @@ from asd_core.runs.generations import (
     rows_to_parquet,
     shard_path,
 )
-from asd_core.runs.selection import DatagenResult, DatagenSpec, prompt_fits, select_entries
+from asd_core.runs.selection import (
+    DatagenResult,
+    DatagenSpec,
+    Entry,
+    Selection,
+    prompt_fits,
+    select_entries,
+)
 from asd_core.runs.shards import rows_of_shard
 
 log = logging.getLogger(__name__)
@@ -137,48 +144,12 @@ def run(
         }
         with folder_lock(folder):
             if check_manifest(folder, content) is None:
-                manifest = {  # flat: eval.online reads tasks, generation, top_k from here
-                    **content,
-                    "content_digest": hashlib.sha256(
-                        json.dumps(content, sort_keys=True).encode()
-                    ).hexdigest()[:16],
-                    "n_shards": len(shards),
-                    "counts": selection.counts,
-                    "skipped_too_long": selection.skipped_too_long,
-                    "stage_sources": {s.name: s.source for s in spec.stages},
-                    "columns": {name: comment for name, (_, comment) in COLUMNS.items()},
-                    "provenance": provenance(content, spec.seed, notebook="02_data_generation"),
-                }
-                atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+                _write_manifest(folder, content, selection, len(shards), spec)
             for stale in folder.glob(".*.tmp"):  # a killed run's half-written file
                 stale.unlink(missing_ok=True)
-            done = [
-                complete_shard(
-                    shard_path(folder, s), [e.item.item_id for e in entries], len(backends)
-                )
-                for s, entries in enumerate(shards)
-            ]
-            bar = tqdm(
-                total=len(selection.entries),
-                initial=sum(len(e) for e, d in zip(shards, done, strict=True) if d),
-                desc=f"generations ({spec.profile})",
-                unit="item",
-                disable=not progress,
-                dynamic_ncols=True,
+            done, written = _write_missing_shards(
+                folder, shards, backends, keys, spec, sandbox_limits, progress
             )
-            written = 0
-            progress_log = logs.Progress(
-                log, f"generations ({spec.profile})", bar.total, done=bar.n, every_s=0.0
-            )
-            for s, entries in enumerate(shards):
-                if done[s]:
-                    continue
-                rows = rows_of_shard(backends, keys, entries, spec, s, sandbox_limits)
-                atomic_write_bytes(shard_path(folder, s), rows_to_parquet(rows))
-                written += 1
-                bar.update(len(entries))
-                progress_log.update(len(entries))  # one line per shard, for logs
-            bar.close()
     finally:
         if own:
             for b in loaded:
@@ -193,6 +164,63 @@ def run(
         skipped_too_long={k: v for k, v in selection.skipped_too_long.items() if v},
         seconds=clock() - start,
     )
+
+
+def _write_manifest(
+    folder: Path, content: dict[str, Any], selection: Selection, n_shards: int, spec: DatagenSpec
+) -> None:
+    """The folder's manifest: flat, so that runs.online reads tasks, generation and top_k."""
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+    manifest = {
+        **content,
+        "content_digest": digest,
+        "n_shards": n_shards,
+        "counts": selection.counts,
+        "skipped_too_long": selection.skipped_too_long,
+        "stage_sources": {s.name: s.source for s in spec.stages},
+        "columns": {name: comment for name, (_, comment) in COLUMNS.items()},
+        "provenance": provenance(content, spec.seed, notebook="02_data_generation"),
+    }
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def _write_missing_shards(
+    folder: Path,
+    shards: Sequence[Sequence[Entry]],
+    backends: Sequence[Backend],
+    keys: Sequence[str],
+    spec: DatagenSpec,
+    sandbox_limits: SandboxLimits | None,
+    progress: bool,
+) -> tuple[list[bool], int]:
+    """Write every shard not already complete; (which were complete, how many were written)."""
+    done = [
+        complete_shard(shard_path(folder, s), [e.item.item_id for e in entries], len(backends))
+        for s, entries in enumerate(shards)
+    ]
+    total = sum(len(e) for e in shards)
+    already = sum(len(e) for e, d in zip(shards, done, strict=True) if d)
+    what = f"generations ({spec.profile})"
+    bar = tqdm(
+        total=total,
+        initial=already,
+        desc=what,
+        unit="item",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    lines = logs.Progress(log, what, total, done=already, every_s=0.0)  # one line per shard
+    written = 0
+    for s, entries in enumerate(shards):
+        if done[s]:
+            continue
+        rows = rows_of_shard(backends, keys, entries, spec, s, sandbox_limits)
+        atomic_write_bytes(shard_path(folder, s), rows_to_parquet(rows))
+        written += 1
+        bar.update(len(entries))
+        lines.update(len(entries))
+    bar.close()
+    return done, written
 
 
 # -- command line ---------------------------------------------------------------------------------
