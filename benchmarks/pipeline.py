@@ -147,6 +147,7 @@ def _throughput(traces: Sequence[Trace], seconds: float) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Long because: the side-by-side runs share prompts, warm-up and the comparison."""
     params = config.load([REPO / "params" / "base.yaml", REPO / "params" / f"{args.profile}.yaml"])
     reqs = bench_requests(
         REPO / params.data_dir,

@@ -59,6 +59,7 @@ def _fmt(value: Any) -> str:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> None:
+    """Long because: the argument parser and the side-by-side report of both runtimes."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.spec_decode",
         description=__doc__,

@@ -53,6 +53,8 @@ def assisted_generation(
     Only ``max_new_tokens``, ``stop_strings`` and ``ignore_eos`` of ``params`` are used.
     Acceptance statistics are not reported by transformers; they are read off the target's
     forward passes (:func:`steps_from_passes`).
+
+    Long because: the target alone and with its assistant run in the same process, side by side.
     """
     from asd_core.models.hf import TransformersBackend
 

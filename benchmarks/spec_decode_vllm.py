@@ -145,7 +145,10 @@ def _run_child(
 
 
 def _vllm_child(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Both vLLM runs of :func:`vllm_spec_decode`, inside the child process."""
+    """Both vLLM runs of :func:`vllm_spec_decode`, inside the child process.
+
+    Long because: both vLLM engines run and are read back in the child process.
+    """
     import torch
     import vllm
     from transformers import AutoTokenizer, GenerationConfig

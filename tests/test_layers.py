@@ -147,7 +147,8 @@ def test_the_size_check_can_fail(tmp_path: Path) -> None:
     (tmp_path / "asd_core" / "big.py").write_text(
         f"def long():\n{long_body}\n\n\ndef reasoned():\n"
         f'    """Does a lot.\n\n    Long because: one table, one row per line.\n    """\n{long_body}\n'
-        + "\n" * 400
+        + "\n"
+        * 400
     )
     found = size_violations(tmp_path)
     assert any("big.py:1 long: 71 lines and no reason" in v for v in found)

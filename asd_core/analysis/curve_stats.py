@@ -153,6 +153,8 @@ def curve_table(
     Columns: method, dataset, n_points, n_inputs, area/_low/_high, area_vs_router/_low/_high
     (the method's area minus the router's on the same resamples: a paired CI), oracle_gap/_low/
     _high, reaches_oracle, and ``reason`` saying why a figure is undefined (NaN).
+
+    Long because: one pass per dataset builds every method's statistics on the same resamples.
     """
     summaries.check_table(results)
     reference = reference or summaries.deepest_stage(results)

@@ -109,6 +109,8 @@ def decision_boundaries(decisions: pd.DataFrame) -> Figure:
     where a decision is taken: x is λ (log), y the belief p̃ (each bin drawn over its range on
     the held-out inputs), the colour the action; a last panel shows where the entry sends the
     held-out inputs at each λ.
+
+    Long because: one heat map per (stage, view) with its axes, ticks and colour legend.
     """
     from matplotlib.patches import Patch
 
@@ -250,6 +252,8 @@ def latency_cdf(
     and ``dp``. A method with several λ is drawn at its operating point from ``points``
     (:func:`operating_points`); without it, at its largest λ. The x-axis is logarithmic when the
     costs span more than a factor of 20.
+
+    Long because: one panel per dataset, each with its curves, markers and percentile lines.
     """
     present = set(map(str, results["method"].unique()))
     if methods is None:

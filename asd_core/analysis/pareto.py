@@ -227,6 +227,8 @@ def lambda_sweep(
     Only methods whose ``lam`` is a real λ belong here (``dp`` and its ablations); the DP gets
     its 95% CI bands, the ablations thin lines. The deepest stage's quality (its CI hatched) and
     cost 1 are drawn for reference, and the oracle router's cost as a dotted line.
+
+    Long because: two rows of panels (quality and cost against λ) share their styling.
     """
     import matplotlib.pyplot as plt
 

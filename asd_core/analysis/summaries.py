@@ -112,6 +112,8 @@ def summarise(
     method's rows across datasets × λ, separately for quality and cost; reference rows are not
     tested (NaN p-values). ``ci_method="percentile"`` skips BCa's jackknife, which is O(n²) in
     the number of inputs (seconds per CI at n ≈ 14k).
+
+    Long because: one row per method × λ × dataset with every CI and paired test spelled out.
     """
     check_table(df)
     reference = reference if reference is not None else deepest_stage(df)

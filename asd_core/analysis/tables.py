@@ -49,6 +49,8 @@ def headline_table(
     figures tokens_per_s (output tokens of the returned answers per second of cost) and
     s_per_quality (mean cost per unit of mean quality) beside the deepest stage's, and
     ``reason`` naming why a figure is NaN.
+
+    Long because: one row per task gathers a dozen statistics, each with its CI and reason.
     """
     reference = reference or summary.deepest_stage(summary)
     if not (summary["method"] == method).any():

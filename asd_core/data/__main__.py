@@ -93,6 +93,7 @@ def pools(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Long because: the argument parser of three sub-commands and their dispatch."""
     parser = argparse.ArgumentParser(
         prog="python -m asd_core.data", description="Packaged evaluation datasets."
     )

@@ -65,6 +65,8 @@ def supervise(
 
     Returns the stdout and stderr captures and why the supervisor killed the run ("timeout",
     "flood") or None.
+
+    Long because: one event loop: output pumping, the wall clock and the flood limit interact.
     """
     assert proc.stdout is not None and proc.stderr is not None
     captures = {proc.stdout.fileno(): Capture(limits.output_bytes)}

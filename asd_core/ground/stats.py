@@ -118,6 +118,8 @@ def bootstrap_ci(
     rest is returned (an AUC is undefined on a resample with one class only, which says nothing
     about the others). ``batch_elements`` bounds the memory of one batch of resamples; the draws
     do not depend on it.
+
+    Long because: the edge cases (n = 1, undefined statistics, BCa degenerating) are handled in place.
     """
     if not samples:
         raise StatsError("bootstrap_ci needs at least one sample")

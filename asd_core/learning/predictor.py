@@ -205,7 +205,10 @@ class QualityPredictor:
     def load(
         cls, path: str | Path, features: FeatureSet | None = None, label_mode: str | None = None
     ) -> QualityPredictor:
-        """Read a saved predictor; refuse one trained on other features (or another label mode)."""
+        """Read a saved predictor; refuse one trained on other features (or another label mode).
+
+        Long because: every field of the file is checked with its own one-line error.
+        """
         path = Path(path)
         meta_file = meta_path(path)
         try:

@@ -113,6 +113,7 @@ class LlamaCppBackend:
         *,
         clock: Clock = time.perf_counter,
     ):
+        """Long because: loading weights, tokenizer and a multi-slot context, each with its own error."""
         self.stage = stage
         self.clock = clock
         start = clock()

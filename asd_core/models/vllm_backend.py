@@ -155,6 +155,7 @@ class VllmBackend:
         *,
         clock: Clock = time.perf_counter,
     ):
+        """Long because: engine arguments for CPU and GPU, each with its reason."""
         self.stage = stage
         self.clock = clock
         start = clock()
@@ -319,6 +320,8 @@ class VllmBackend:
         Each sequence is prompt + continuation with ``prompt_logprobs=1`` (the given token's
         log-prob and the top-1 token at every position) and one greedy step, whose token is
         ``next_argmax``. ``seconds`` is the batch wall time shared in proportion to tokens.
+
+        Long because: prompt log-probs are read back per position with their top-k.
         """
         from vllm import SamplingParams
 

@@ -260,6 +260,8 @@ def decision_table(
     (``p_low``, ``p_high``; empty bins are left out), its held-out count and the action
     ("stop", "continue → j", "restart → j"); plus rows with ``stage`` = "entry" giving the share
     of held-out inputs the entry sends to each stage. The decision-boundary figure draws it.
+
+    Long because: one row per (λ, stage, view, bin) with its range, action and counts.
     """
     K, held = model.n_stages, model.held_out
     near = stopping.nearest(held.head, held.head, model.neighbours, held.tasks, held.tasks)

@@ -158,6 +158,8 @@ def fit_policy_model(
         train_df: the predictor's training rows (base rates μ_k, per-input cost fit).
         held_df: held-out rows on which every stage ran (the calibration split).
         held: ``predictions(predictor, held_df, K)`` when already computed.
+
+    Long because: beliefs, costs per task and the entry's held-out inputs come from one pass.
     """
     K = predictor.features.n_stages
     train = by_item(train_df, K)

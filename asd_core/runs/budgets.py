@@ -159,6 +159,8 @@ def fixture_rows(
     its longer self, so the first B tokens of a reply (as its tokenizer encodes the text) are
     what a budget of B wrote. The rest are drawn at random. Every row carries what scoring
     needs (the item's gold fields), so the fixture stands alone.
+
+    Long because: choosing the hard cases and writing every field a test reads are one pass.
     """
     from asd_core.data.scoring import score_item
 

@@ -111,6 +111,8 @@ def run(
     ``backends`` may be passed already loaded (one per stage, in order; they are not closed);
     otherwise each stage is loaded from ``models_dir`` and closed at the end. Task data come
     from the packages under ``data_dir`` unless ``spec.task_sources`` names a file or hub id.
+
+    Long because: loading, selection, manifest and shards share one lock and one clean-up.
     """
     start = clock()
     data_dir = Path(data_dir)

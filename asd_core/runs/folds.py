@@ -124,7 +124,10 @@ def fit_fold(
     seed: int,
     predictor: QualityPredictor | None = None,
 ) -> Fitted:
-    """Fit every DP variant for one fold and seed (training the predictor unless given)."""
+    """Fit every DP variant for one fold and seed (training the predictor unless given).
+
+    Long because: the nine DP variants are listed in one table, each with its rule and costs.
+    """
     src, sizes, B, s = (
         settings.cost_source,
         settings.stage_sizes,

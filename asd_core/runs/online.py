@@ -139,6 +139,8 @@ def confirm(
     The λ are chosen by :func:`informative_lambdas` among ``candidate_lambdas``. When none
     qualifies the check could not fail anywhere, so nothing runs: the result is empty and a
     warning names the reason.
+
+    Long because: λ selection, the online runs and the per-input comparison are one protocol.
     """
     K = len(stages)
     if not candidate_lambdas or n_inputs == 0 or n_lambdas == 0:

@@ -92,6 +92,8 @@ def shard_rows(
 
     Every stage generates for the whole shard first; then each deeper stage j verifies each
     shallower stage's outputs in batches of ``spec.batch_size`` (one score pass per draft).
+
+    Long because: one row per (item, stage) assembles generation, verification and scores.
     """
     K = len(backends)
     n = len(entries)
