@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from asd_core.data import SPLITS, Item, Split, get_task, split_of
-from asd_core.data.splits import DEFAULT_FRACTIONS, check_fractions, task_seed
+from asd_core.data.splits import check_fractions, task_seed
 from asd_core.ground import config
 from asd_core.ground.config import StageConfig
 from asd_core.models.base import Backend, GenerationParams
@@ -42,29 +42,46 @@ class DatagenSpec:
     train_per_task: int  # items of each task from the predictor-train split (at most)
     calibration_per_task: int  # items of each task from the calibration split (at most)
     test_per_task: int  # items of each task from the test split (at most)
+    # the defaults below are the parameters' (config.Params is the one source of defaults)
     seed: int = 0  # draws the item sample and the item order
-    shard_size: int = 8  # items per Parquet shard: a kill loses at most one shard's work
-    batch_size: int = 1  # prompts per generate/score call (within a shard and task)
-    solo_every: int = 0  # > 0: every n-th shard (0, n, 2n, …) runs one sequence at a time and
+    shard_size: int = config.default(
+        "datagen_shard_size"
+    )  # items per Parquet shard: a kill loses at most one shard's work
+    batch_size: int = config.default(
+        "datagen_batch_size"
+    )  # prompts per generate/score call (within a shard and task)
+    solo_every: int = config.default(
+        "datagen_solo_every"
+    )  # > 0: every n-th shard (0, n, 2n, …) runs one sequence at a time and
     # without prompt reuse, so its times check the cost model of one sequence alone
-    top_k: int = 2  # alternatives kept per generated token (features need top-1 and top-2)
-    return_hidden: bool = False  # also store each output's mean final-layer hidden state
+    top_k: int = config.default(
+        "datagen_top_k"
+    )  # alternatives kept per generated token (features need top-1 and top-2)
+    return_hidden: bool = config.default(
+        "datagen_return_hidden"
+    )  # also store each output's mean final-layer hidden state
     max_new_tokens: Mapping[str, int] = field(default_factory=dict)  # task -> token budget;
     # every task needs one (measured: asd_core.runs.budgets)
     stop_strings: Mapping[str, Sequence[str]] = field(default_factory=dict)  # task -> stop
     # strings instead of the task's own
-    mc_scoring: str = "loglik"  # multiple choice: "loglik" (one pass, asd_core.decoding.choice) or
+    mc_scoring: str = config.default(
+        "datagen_mc_scoring"
+    )  # multiple choice: "loglik" (one pass, asd_core.decoding.choice) or
     # "generate" (a written reply, letter extracted)
     task_sources: Mapping[str, str] = field(default_factory=dict)  # task -> file or hub id
     # instead of the packaged data
-    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS  # train/calibration/test
+    split_fractions: tuple[float, float, float] = tuple(
+        config.default("split_fractions")
+    )  # train/calibration/test
     # shares of the stable item-id hash (params key ``split_fractions``)
     pool_per_task: Mapping[str, int] = field(default_factory=dict)  # task -> unlabelled
     # training prompts drawn from its family's pools (asd_core.data.pools); split "train",
     # ids "pool-…", never evaluated
     pools: tuple[str, ...] | None = None  # draw from these pools only (None: the packaged ones)
     pool_sources: Mapping[str, str] = field(default_factory=dict)  # pool -> file or hub id
-    verify_early_exit: bool = True  # a verifier may stop scoring after the block holding the
+    verify_early_exit: bool = config.default(
+        "datagen_verify_early_exit"
+    )  # a verifier may stop scoring after the block holding the
     # first rejected token; False scores whole drafts (the old path, for the benchmark)
 
     def __post_init__(self) -> None:
