@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import time
+import types
 from datetime import datetime
 from pathlib import Path
 
@@ -203,3 +206,63 @@ def test_a_resumed_run_keeps_the_earlier_attempts_of_the_same_commit(
     env["git_commit"] = "def"
     runlog.write(tmp_path, "cpu", params, [usage("01", True, 5)], ["01"])
     assert json.loads((tmp_path / "run_log.json").read_text())["earlier_attempts"] == []
+
+
+class _FakeNvml:
+    """NVML's functions as pynvml exposes them, for two GPUs with fixed readings."""
+
+    def __init__(self) -> None:
+        self.shut = False
+
+    def nvmlInit(self) -> None: ...
+
+    def nvmlShutdown(self) -> None:
+        self.shut = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> object:
+        return types.SimpleNamespace(gpu=40 + 20 * h)
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> object:
+        return types.SimpleNamespace(used=(h + 1) * 2**30)
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return 100_000 * (h + 1)  # milliwatts
+
+
+def test_run_log_samples_gpus_through_nvml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from asd_core.reporting import runlog
+
+    monkeypatch.setattr(runlog, "SAMPLE_S", 0.01)
+    monkeypatch.setattr(runlog, "GPU_SERIES_S", 0.0)
+    nvml = _FakeNvml()
+    with runlog.track("nb", runlog.Gpus(nvml)) as usage:
+        time.sleep(0.2)
+    assert nvml.shut
+    assert usage.gpu_mean_util_pct == [40.0, 60.0]
+    assert usage.gpu_peak_memory_gib == [1.0, 2.0]
+    assert usage.gpu_hours == pytest.approx(usage.wall_s * 2 / 3600)
+    assert 0 < usage.gpu_energy_wh <= 300 * usage.wall_s / 3600
+    assert {s["gpu"] for s in usage.gpu_series} == {0, 1} and len(usage.gpu_series) >= 4
+    record = {"notebooks": [dataclasses.asdict(usage)]}
+    assert any(
+        "GPU 1 60% busy, peak 2.0 GiB" in line for line in runlog._gpu_lines(record["notebooks"])
+    )
+
+
+def test_no_nvml_means_no_gpus() -> None:
+    from asd_core.reporting import runlog
+
+    class Broken:
+        def nvmlInit(self) -> None:
+            raise OSError("NVML Shared Library Not Found")
+
+    assert runlog.Gpus(Broken()).read() == []
+    with runlog.track("nb", runlog.Gpus(Broken())) as usage:
+        pass
+    assert usage.gpu_hours == 0 and usage.gpu_series == [] and usage.gpu_mean_util_pct == []

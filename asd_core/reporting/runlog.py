@@ -3,7 +3,9 @@
 ``reports/runs/<profile>/run_log.json`` and a readable ``run_log.md``: the environment (package
 versions, CPU, memory, GPUs, git commit, the merged parameters), then per notebook its start,
 end and wall time, the peak resident memory of the notebook's kernel (sampled), its CPU-hours
-and, when ``nvidia-smi`` is present, GPU-hours and energy integrated from sampled power draw.
+and, when GPUs are present, per GPU its utilisation and memory over time, GPU-hours and energy
+integrated from the sampled power draw, all read through NVIDIA's management library (NVML,
+the ``nvidia-ml-py`` binding; nothing is sampled without it).
 Machines of one kind differ by up to 3× in decoding speed, so the log also gives each stage's
 measured prompt and decode rates (tokens/s, from notebook 01's cost model) beside the times.
 
@@ -15,9 +17,9 @@ for all its work.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,6 +36,7 @@ from asd_core.ground.files import atomic_write_text, repo_path
 from asd_core.ground.provenance import provenance
 
 SAMPLE_S = 0.5  # seconds between memory/power samples
+GPU_SERIES_S = 10.0  # seconds between the GPU samples kept in the log (each GPU, over time)
 
 
 @dataclass
@@ -47,8 +50,12 @@ class NotebookUsage:
     ok: bool = False  # finished without error
     peak_rss_gib: float = 0.0  # largest sampled resident memory of this process + children, GiB
     cpu_hours: float = 0.0  # user + system CPU time of this process and its children, hours
-    gpu_hours: float = 0.0  # wall time × GPUs visible (0 without nvidia-smi)
+    gpu_hours: float = 0.0  # wall time × GPUs visible (0 without GPUs)
     gpu_energy_wh: float = 0.0  # integral of sampled GPU power draw, watt-hours
+    gpu_peak_memory_gib: list[float] = field(default_factory=list)  # per GPU, largest sampled
+    gpu_mean_util_pct: list[float] = field(default_factory=list)  # per GPU, mean utilisation
+    # every GPU_SERIES_S: {"t_s", "gpu", "util_pct", "memory_gib", "power_w"} per GPU
+    gpu_series: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # anything unusual (e.g. sampling failed)
 
 
@@ -60,22 +67,55 @@ def skipped(name: str) -> NotebookUsage:
     return NotebookUsage(name, now, now, ok=True, notes=[note])
 
 
-def _gpu_power_w() -> list[float]:
-    """Current power draw of every GPU in watts; [] without nvidia-smi."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return []
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=power.draw", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-        return [float(x) for x in out.split() if x.replace(".", "", 1).isdigit()]
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return []
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU at one moment."""
+
+    util_pct: float  # busy share of the last sample period, %
+    memory_gib: float  # device memory in use, GiB
+    power_w: float  # power draw, W
+
+
+class Gpus:
+    """The machine's GPUs through NVML (``pynvml``); no GPUs when it or a driver is missing.
+
+    ``nvml`` injects the module (tests pass a fake with the same functions).
+    """
+
+    def __init__(self, nvml: Any = None):
+        self.nvml: Any = None
+        self.handles: list[Any] = []
+        try:
+            nvml = nvml if nvml is not None else importlib.import_module("pynvml")
+            nvml.nvmlInit()
+            self.handles = [
+                nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())
+            ]
+            self.nvml = nvml
+        except Exception:  # no binding, no driver, no device: nothing to sample
+            self.handles = []
+
+    def read(self) -> list[GpuReading]:
+        """Every GPU's reading now; [] without GPUs or when NVML fails mid-run."""
+        if self.nvml is None:
+            return []
+        try:
+            return [
+                GpuReading(
+                    float(self.nvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                    self.nvml.nvmlDeviceGetMemoryInfo(h).used / 2**30,
+                    self.nvml.nvmlDeviceGetPowerUsage(h) / 1000.0,  # milliwatts
+                )
+                for h in self.handles
+            ]
+        except Exception:
+            return []
+
+    def close(self) -> None:
+        if self.nvml is not None:
+            with contextlib.suppress(Exception):
+                self.nvml.nvmlShutdown()
+            self.nvml = None
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -94,23 +134,38 @@ def _cpu_seconds(proc: psutil.Process) -> float:
 
 
 @contextmanager
-def track(name: str) -> Iterator[NotebookUsage]:
+def track(name: str, gpus: Gpus | None = None) -> Iterator[NotebookUsage]:
     """Measure the block (a notebook run) by sampling in a background thread."""
     proc = psutil.Process()
     usage = NotebookUsage(name, datetime.now(UTC).isoformat(timespec="seconds"))
+    gpus = gpus if gpus is not None else Gpus()
     stop = threading.Event()
     peak = [0]
     energy = [0.0]
-    n_gpus = [0]
+    series: list[dict[str, float]] = []
+    gpu_sums: dict[int, list[float]] = {}  # gpu -> [samples, util sum, peak memory]
 
     def sample() -> None:
-        last = time.monotonic()
+        start = last = time.monotonic()
+        next_kept = start
         while not stop.wait(SAMPLE_S):
             peak[0] = max(peak[0], _tree_rss(proc))
             now = time.monotonic()
-            power = _gpu_power_w()
-            n_gpus[0] = max(n_gpus[0], len(power))
-            energy[0] += sum(power) * (now - last) / 3600.0
+            readings = gpus.read()
+            energy[0] += sum(r.power_w for r in readings) * (now - last) / 3600.0
+            for i, r in enumerate(readings):
+                sums = gpu_sums.setdefault(i, [0.0, 0.0, 0.0])
+                sums[0] += 1
+                sums[1] += r.util_pct
+                sums[2] = max(sums[2], r.memory_gib)
+            if readings and now >= next_kept:
+                t_s = round(now - start, 1)
+                series.extend(
+                    {"t_s": t_s, "gpu": i, "util_pct": r.util_pct,
+                     "memory_gib": round(r.memory_gib, 3), "power_w": r.power_w}
+                    for i, r in enumerate(readings)
+                )  # fmt: skip
+                next_kept = now + GPU_SERIES_S
             last = now
 
     cpu0, start = _cpu_seconds(proc), time.monotonic()
@@ -122,13 +177,17 @@ def track(name: str) -> Iterator[NotebookUsage]:
     finally:
         stop.set()
         thread.join()
+        gpus.close()
         peak[0] = max(peak[0], _tree_rss(proc))
         usage.wall_s = time.monotonic() - start
         usage.ended_utc = datetime.now(UTC).isoformat(timespec="seconds")
         usage.peak_rss_gib = peak[0] / 2**30
         usage.cpu_hours = (_cpu_seconds(proc) - cpu0) / 3600.0
-        usage.gpu_hours = usage.wall_s * n_gpus[0] / 3600.0
+        usage.gpu_hours = usage.wall_s * len(gpu_sums) / 3600.0
         usage.gpu_energy_wh = energy[0]
+        usage.gpu_mean_util_pct = [gpu_sums[i][1] / gpu_sums[i][0] for i in sorted(gpu_sums)]
+        usage.gpu_peak_memory_gib = [gpu_sums[i][2] for i in sorted(gpu_sums)]
+        usage.gpu_series = series
 
 
 def stage_speeds(cost_model_csv: Path) -> list[dict[str, Any]]:
@@ -234,9 +293,24 @@ def markdown(record: Mapping[str, Any]) -> str:
             f"{u['peak_rss_gib']:.2f} | {u['cpu_hours']:.3f} | {u['gpu_hours']:.3f} | "
             f"{u['gpu_energy_wh']:.1f} | {'yes' if u['ok'] else 'FAILED'} |"
         )
+    lines += _gpu_lines([u for u, _ in rows] + list(record["notebooks"]))
     pk = env.get("packages", {})
     lines += ["", "Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items())), ""]
     return "\n".join(lines)
+
+
+def _gpu_lines(usages: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per notebook that saw GPUs: each GPU's mean utilisation and peak memory."""
+    lines = []
+    for u in usages:
+        utils, peaks = u.get("gpu_mean_util_pct") or [], u.get("gpu_peak_memory_gib") or []
+        if utils:
+            gpus = ", ".join(
+                f"GPU {i} {util:.0f}% busy, peak {mem:.1f} GiB"
+                for i, (util, mem) in enumerate(zip(utils, peaks, strict=True))
+            )
+            lines.append(f"- {u['notebook']}: {gpus} (over time: `gpu_series` in run_log.json)")
+    return ["", *lines] if lines else []
 
 
 def _speed_lines(speeds: list[Mapping[str, Any]]) -> list[str]:
