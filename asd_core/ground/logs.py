@@ -18,11 +18,11 @@ CLI_FORMAT = "%(message)s"  # command lines: the message alone, as they printed 
 NOTEBOOK_FORMAT = "%(asctime)s %(name)s: %(message)s"  # notebooks: when and from where
 
 
-class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+class _Stderr(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record arrives (notebook kernels and test
     captures replace it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> object:
         return sys.stderr
 

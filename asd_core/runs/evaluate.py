@@ -131,7 +131,7 @@ def evaluate(
     (``data.splits.is_pool_id``) are never evaluated: they join every fold's training rows.
     """
     K = n_stages
-    frames = fold_frames(generations, settings.folds)
+    parts_of_folds = fold_frames(generations, settings.folds)
     pool = generations["item_id"].map(lambda i: is_pool_id(str(i))).to_numpy(bool)
     tested = generations[~pool]  # every item is tested in exactly one fold
     src, sizes = settings.cost_source, settings.stage_sizes
@@ -139,7 +139,7 @@ def evaluate(
     deepest_cost = float(everything.scratch_s[:, -1].mean())
     info: dict[str, Any] = {"deepest_cost_s": deepest_cost, "folds": {}, "missing": []}
     folds: list[tuple[dict[str, pd.DataFrame], dict[str, ReplayData]]] = []
-    for parts in frames:
+    for parts in parts_of_folds:
         data = {
             p: ReplayData.from_frame(parts[p], K, settings.label_mode, src, sizes)
             for p in ("calibration", "test")
