@@ -67,10 +67,13 @@ def test_every_pin_has_a_hash_and_no_cuda_build(lock: str) -> None:
     assert "file://" not in text and "--find-links" not in text  # no machine paths
 
 
-def test_environment_yml_installs_the_lock() -> None:
-    env = yaml.safe_load((REPO / "environment.yml").read_text(encoding="utf-8"))
-    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "-r requirements.lock" in pip_section
+def test_environment_yml_gives_python_and_pip_and_run_all_installs_the_lock() -> None:
+    """Conda users run the same two commands: the environment brings only Python 3.11 and pip."""
+    text = (REPO / "environment.yml").read_text(encoding="utf-8")
+    env = yaml.safe_load(text)
+    assert env["dependencies"] == ["python=3.11", "pip"]
+    assert 'ASD_VENV="$CONDA_PREFIX" ./run_all.sh cpu' in text
+    assert 'ASD_VENV="$CONDA_PREFIX" ./run_all.sh test' in text
 
 
 def test_differences_name_missing_moved_and_extra_packages() -> None:

@@ -215,7 +215,7 @@ def test_evaluate_produces_every_method_and_summarises(
         seen.append((set(train["item_id"]), set(cal["item_id"])))
         return train_predictor(train, cal, *args, **kw)
 
-    monkeypatch.setattr(evaluate, "train_predictor", recording)
+    monkeypatch.setattr(folds, "train_predictor", recording)
     settings = eval_settings.EvalSettings(
         lambdas=(0.1, 10.0),
         seeds=(1, 2),
@@ -239,12 +239,12 @@ def test_evaluate_produces_every_method_and_summarises(
         ["count", "nunique"]
     )
     assert (per["count"] == n_items).all() and (per["nunique"] == n_items).all()
-    folds = results.drop_duplicates("item_id").set_index("item_id")["fold"]
-    assert all(folds[i] == fold_of(i, 3) for i in folds.index)
+    fold_by_item = results.drop_duplicates("item_id").set_index("item_id")["fold"]
+    assert all(fold_by_item[i] == fold_of(i, 3) for i in fold_by_item.index)
     # ... and evaluated by predictors that never saw it (two seeds per fold, folds in order)
     assert len(seen) == 3 * 2
     for call, (train_ids, cal_ids) in enumerate(seen):
-        held_out = set(folds.index[folds == call // 2])
+        held_out = set(fold_by_item.index[fold_by_item == call // 2])
         assert held_out and not held_out & (train_ids | cal_ids)
         assert cal_ids and not cal_ids & train_ids
     assert (results["cost"] > 0).all() and results["quality"].between(0, 1).all()
@@ -339,7 +339,7 @@ def test_pool_prompts_train_every_fold_and_are_never_evaluated(
         seen.append(set(train["item_id"]))
         return train_predictor(train, cal, *args, **kw)
 
-    monkeypatch.setattr(evaluate, "train_predictor", recording)
+    monkeypatch.setattr(folds, "train_predictor", recording)
     settings = eval_settings.EvalSettings(
         lambdas=(1.0,),
         seeds=(1,),

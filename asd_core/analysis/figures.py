@@ -323,7 +323,7 @@ def area_bars(
     """Grouped bars of each method's normalised area per dataset, with CI bars when present.
 
     ``curves`` has columns method, dataset, area and optionally area_low/area_high
-    (:func:`curve_table`, or :func:`summary.curve_summary` without CIs). 0 = the cheapest stage's
+    (:func:`curve_table`, or :func:`summaries.curve_summary` without CIs). 0 = the cheapest stage's
     quality at every cost, 1 = the deepest stage's; random mixing of the two scores 0.5.
     """
     import matplotlib.pyplot as plt

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from asd_core.analysis import summaries
 from asd_core.analysis.names import (
     ABLATIONS,
     BEST_PAIR,
@@ -46,13 +47,13 @@ def pareto(
 ) -> Figure:
     """Quality vs cost relative to the deepest stage: one panel per dataset.
 
-    ``summary`` is :func:`summary.summarise`'s output. Each panel shows every stage alone, the
+    ``summary`` is :func:`summaries.summarise`'s output. Each panel shows every stage alone, the
     oracles and the draft + verify route as points with CI bars, the ``curves`` baselines
     (``best_pair`` = the upper envelope of all pairs' points), the ``method`` λ curve with its
     quality CI as a band and cost CIs as bars, and the deepest stage's quality CI as a grey band.
     Cost is each method's mean seconds ÷ the deepest stage's mean seconds.
     """
-    reference = reference or summary.deepest_stage(summary)
+    reference = reference or summaries.deepest_stage(summary)
     names = datasets_in(summary, datasets)
     fig, axes = panel_grid(len(names), 2, 6.0, 4.6)
     for ax, dataset in zip(axes.flat, names, strict=False):
@@ -232,7 +233,7 @@ def lambda_sweep(
     """
     import matplotlib.pyplot as plt
 
-    reference = reference or summary.deepest_stage(summary)
+    reference = reference or summaries.deepest_stage(summary)
     names = datasets_in(summary, datasets)
     fig, axes = plt.subplots(
         2, len(names), figsize=(4.4 * len(names), 6.8), squeeze=False, sharex="col"

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from asd_core.analysis import summaries
 from asd_core.analysis.curve_stats import CurvePoints, Statistic, resampled_statistics, saving_share
 from asd_core.analysis.names import AREA_METHODS, ORACLE, AnalysisError, order_key, summary_row
 from asd_core.ground import frontier, stats
@@ -52,7 +53,7 @@ def headline_table(
 
     Long because: one row per task gathers a dozen statistics, each with its CI and reason.
     """
-    reference = reference or summary.deepest_stage(summary)
+    reference = reference or summaries.deepest_stage(summary)
     if not (summary["method"] == method).any():
         raise AnalysisError(f"headline method '{method}' is not in the summary table")
     points = operating_points(summary, reference)
@@ -286,7 +287,7 @@ def operating_points(summary: pd.DataFrame, reference: str | None = None) -> pd.
     keeps 95% of the deepest stage's (:func:`frontier.smallest_matching_lambda`); when none does,
     the λ of highest quality. Columns: method, dataset, lam, matched, rule.
     """
-    reference = reference or summary.deepest_stage(summary)
+    reference = reference or summaries.deepest_stage(summary)
     records = []
     for dataset, data in summary.groupby("dataset", sort=True):
         ref = summary_row(data, reference)

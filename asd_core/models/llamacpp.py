@@ -176,7 +176,7 @@ class LlamaCppBackend:
             _N_BATCH,
             self.n_vocab,
             self.n_embd,
-            stage.reuse_prompts,
+            lambda: self.stage.reuse_prompts,
             clock,
         )
         # EOS = the tokenizer's EOS and the GGUF's declared EOS: the same set the transformers

@@ -75,7 +75,7 @@ class Slots:
         n_batch: int,
         n_vocab: int,
         n_embd: int,
-        reuse_prompts: bool,
+        reuse_prompts: Callable[[], bool],
         clock: Clock = time.perf_counter,
     ):
         self.ctx: Any = ctx
@@ -84,7 +84,7 @@ class Slots:
         self.n_batch = n_batch  # tokens per llama_decode call
         self.n_vocab = n_vocab
         self.n_embd = n_embd
-        self.reuse_prompts = reuse_prompts
+        self.reuse_prompts = reuse_prompts  # read at each admission: the stage may change
         self.clock = clock
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.batch: Any = llama_cpp.llama_batch_init(n_batch, 0, 1)
@@ -108,7 +108,7 @@ class Slots:
         least recently used; drop the slot's tokens after what can be kept."""
         free = [s for s in range(self.max_batch) if s not in busy]
         slot, keep = min(free, key=lambda s: self.last_use[s]), 0
-        if seq.reuse and self.reuse_prompts:
+        if seq.reuse and self.reuse_prompts():
             for s in free:
                 common = common_prefix(self.cached[s], seq.tokens)
                 if common >= seq.n_prompt and min(common, seq.want_from) > keep:
@@ -154,7 +154,7 @@ class Slots:
         """Prefill the prompt prefix all ``seqs`` share once, for them to copy (see the module
         docstring); its time is split evenly among them."""
         self.shared_slot = None
-        if len(seqs) < 2 or not self.reuse_prompts:
+        if len(seqs) < 2 or not self.reuse_prompts():
             return
         first = seqs[0].tokens
         n = min(min(common_prefix(first, s.tokens), s.want_from) for s in seqs[1:])

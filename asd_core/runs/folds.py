@@ -85,10 +85,11 @@ def fold_frames(generations: pd.DataFrame, n_folds: int) -> list[dict[str, pd.Da
     pool = generations["item_id"].map(lambda i: is_pool_id(str(i))).to_numpy(bool)
     extra_train, generations = generations[pool], generations[~pool]
     fold = generations["item_id"].map(lambda i: fold_of(str(i), n_folds)).to_numpy()
-    out = []
     for f in range(n_folds):
         if not (fold == f).any():
             raise AsdError(f"eval_folds: fold {f} of {n_folds} holds no item; use fewer folds")
+    out = []
+    for f in range(n_folds):
         rest = generations[fold != f]
         parts = {
             "train": pd.concat([rest[rest["split"] != "calibration"], extra_train]),
@@ -269,7 +270,8 @@ def load_fold_predictors(
     if not path.is_file():
         raise AsdError(f"{path}: no fold predictors here (run notebook 03 first)")
     saved = json.loads(path.read_text(encoding="utf-8"))
-    wanted = predictors_manifest(generations, settings, K)
+    # through JSON, as it was saved: tuples become lists
+    wanted = json.loads(json.dumps(predictors_manifest(generations, settings, K)))
     for key, value in wanted.items():
         if saved.get(key) != value:
             raise AsdError(
