@@ -18,6 +18,8 @@ VENV="${ASD_VENV:-$ROOT/.venv}"  # the newest-allowed check builds its own
 PY="$VENV/bin/python"
 LOCK=requirements.lock
 [ "${ASD_WITH_VLLM:-0}" = 1 ] && LOCK=requirements-vllm.lock
+TORCH_CPU="torch==2.13.0+cpu"  # the pinned CPU build; the locks hold its sha256
+TORCH_CPU_INDEX="${ASD_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
 NOTEBOOKS=(01_profiling 02_data_generation 03_predictor_training 04_evaluation 05_analysis)
 
 say() { printf '[run_all] %s\n' "$*"; }
@@ -36,6 +38,17 @@ find_python() {
     fi
   done
   die "Python 3.11 not found (set ASD_PYTHON to a 3.11 interpreter)"
+}
+
+torch_index_options() {
+  # Prints the pip options that make the CPU build reachable. Pip's own configuration is tried
+  # first (here a local wheel folder has it); a plain package index elsewhere has only CUDA
+  # builds of torch, and PyTorch's CPU wheel index has this one, the same file and hash.
+  if "$PY" -m pip install --dry-run --no-deps --quiet "$TORCH_CPU" >/dev/null 2>&1; then
+    return 0
+  fi
+  say "pip's index has no $TORCH_CPU; adding PyTorch's CPU wheel index ($TORCH_CPU_INDEX)" >&2
+  printf '%s\n' --extra-index-url "$TORCH_CPU_INDEX"
 }
 
 check_cpu_torch() {
@@ -61,18 +74,20 @@ install_packages() {
   say "installing packages (first time: a few minutes; llama.cpp bindings compile for ~12 min)"
   local extras="dev,llama"
   [ "$want_vllm" = 1 ] && extras="dev,llama,vllm"
+  local torch_opts=()
+  mapfile -t torch_opts < <(torch_index_options)
   if [ "$resolve" = newest ]; then
     # no lock: the newest release of everything pyproject.toml allows (torch stays pinned, so
     # pip keeps the local CPU build; an unpinned torch would pull the CUDA wheels)
     pip_q install --upgrade pip
-    pip_q install "torch==2.13.0"
+    pip_q install "${torch_opts[@]}" "$TORCH_CPU"
     CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" \
       pip_q install --upgrade --upgrade-strategy eager -e ".[$extras]"
   else
     # exactly the lock, every file checked against its sha256; the project itself goes in
     # without its dependencies (they are all in the lock) and without fetching a build backend
     CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_CURL=OFF}" \
-      pip_q install --require-hashes --no-deps -r "$LOCK"
+      pip_q install --require-hashes --no-deps "${torch_opts[@]}" -r "$LOCK"
     pip_q install --no-deps --no-build-isolation -e .
   fi
   if [ "$want_vllm" = 1 ]; then
@@ -83,7 +98,7 @@ install_packages() {
   fi
   check_cpu_torch
   if [ "$resolve" = lock ]; then
-    "$PY" -m asd_core.dependencies check "$LOCK" || die "the environment is not $LOCK"
+    "$PY" -m asd_core.ground.dependencies check "$LOCK" || die "the environment is not $LOCK"
   fi
   "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null
   rm -f "$VENV"/.asd-setup-*
@@ -95,7 +110,7 @@ lock() {  # re-resolve both locks from pyproject.toml with pip-compile (pip-tool
   install_packages
   local options=("$@")
   [ ${#options[@]} -gt 0 ] || options=(--upgrade)
-  "$PY" -m asd_core.dependencies lock "${options[@]}"
+  "$PY" -m asd_core.ground.dependencies lock "${options[@]}"
   say "locks written: review 'git diff requirements*.lock', then run ./run_all.sh test"
 }
 
@@ -126,11 +141,11 @@ setup() {  # $1: profile or "test"
 run_tests() {
   setup test
   say "package versions"
-  "$PY" -m asd_core.dependencies versions
+  "$PY" -m asd_core.ground.dependencies versions
   say "lint, format and type checks"
   "$VENV/bin/ruff" check .
   "$VENV/bin/ruff" format --check .
-  "$VENV/bin/mypy" asd_core
+  "$VENV/bin/mypy" asd_core benchmarks
   say "pytest (default run excludes slow tests; add '-m slow' for them)"
   # nbval runs every notebook with its own (smoke) defaults, in order: 02 writes the smoke
   # generations that 03 and 04 read, 04 the results that 05 analyses
@@ -144,9 +159,9 @@ run_profile() {  # $1: profile
   local profile="$1"
   [ -f "params/$profile.yaml" ] || die "params/$profile.yaml not found (profiles: smoke, cpu, cpu-large, paper)"
   setup "$profile"
-  "$PY" -m asd_core.config params/base.yaml "params/$profile.yaml"
-  "$PY" -m asd_core.runner --profile "$profile" "${NOTEBOOKS[@]}"
-  "$PY" -m asd_core.report_index --reports reports
+  "$PY" -m asd_core.ground.config params/base.yaml "params/$profile.yaml"
+  "$PY" -m asd_core.reporting.notebooks --profile "$profile" "${NOTEBOOKS[@]}"
+  "$PY" -m asd_core.reporting.index --reports reports
   say "done: open reports/index.html"
 }
 

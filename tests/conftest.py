@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asd_core.config import StageConfig
+from asd_core.ground.config import StageConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from asd_core.config import StageConfig
-from asd_core.errors import AssetError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AssetError
 from asd_core.models import assets, registry
 from tests.conftest import real_gguf
 

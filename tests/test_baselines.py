@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asd_core import baselines as bl
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import GenerationParams
+from benchmarks import spec_decode_hf, spec_decode_vllm, spec_results
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [40, 41, 42, 43], list(range(60, 90))]
 N_NEW = 24
@@ -62,21 +62,25 @@ def reference(models: Path) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def self_drafted(models: Path) -> list[bl.SpecResult]:
+def self_drafted(models: Path) -> list[spec_results.SpecResult]:
     params = GenerationParams(max_new_tokens=N_NEW, ignore_eos=True)
-    return bl.assisted_generation(TARGET, TARGET, PROMPTS, params, models, num_assistant_tokens=5)
+    return spec_decode_hf.assisted_generation(
+        TARGET, TARGET, PROMPTS, params, models, num_assistant_tokens=5
+    )
 
 
 @pytest.fixture(scope="module")
-def other_drafted(models: Path) -> list[bl.SpecResult]:
+def other_drafted(models: Path) -> list[spec_results.SpecResult]:
     params = GenerationParams(max_new_tokens=N_NEW, ignore_eos=True)
-    return bl.assisted_generation(TARGET, OTHER, PROMPTS, params, models, schedule="heuristic")
+    return spec_decode_hf.assisted_generation(
+        TARGET, OTHER, PROMPTS, params, models, schedule="heuristic"
+    )
 
 
 # -- pure helpers -------------------------------------------------------------------------------
 @given(st.lists(st.integers(0, 3), max_size=8), st.lists(st.integers(0, 3), max_size=8))
 def test_compare_tokens_finds_the_first_divergence(a: list[int], b: list[int]) -> None:
-    agreement = bl.compare_tokens(a, b)
+    agreement = spec_results.compare_tokens(a, b)
     assert agreement.identical == (a == b)
     assert (agreement.n_output, agreement.n_reference) == (len(a), len(b))
     k = agreement.first_divergence
@@ -92,13 +96,13 @@ def test_steps_from_passes_reads_drafts_and_acceptances() -> None:
     # pass 2 sees the last token + 4 drafts (cache 8), accepts 4 (writes 5: sequence 14);
     # pass 3 sees the last token + 2 drafts (cache 13), accepts 0: 9 tokens in all
     passes = [(9, 0), (5, 8), (3, 13)]
-    assert bl.steps_from_passes(6, 9, passes) == ([3, 4, 2], [2, 4, 0])
-    assert bl.steps_from_passes(6, 9, []) is None
-    assert bl.steps_from_passes(6, 30, passes) is None  # more accepted than drafted
+    assert spec_results.steps_from_passes(6, 9, passes) == ([3, 4, 2], [2, 4, 0])
+    assert spec_results.steps_from_passes(6, 9, []) is None
+    assert spec_results.steps_from_passes(6, 30, passes) is None  # more accepted than drafted
 
 
 def test_spec_result_derived_numbers() -> None:
-    r = bl.SpecResult(
+    r = spec_results.SpecResult(
         runtime="x",
         target="t",
         drafter="d",
@@ -118,12 +122,12 @@ def test_spec_result_derived_numbers() -> None:
     assert r.acceptance_rate == pytest.approx(0.5)
     assert r.mean_accepted_length == pytest.approx(3.0)
     assert r.speedup == pytest.approx(2.0)
-    assert bl.overall_ratio([r]) == pytest.approx(2.0)
-    assert bl.compare_with_target([r])[0].identical
-    no_target = bl.SpecResult(**{**r.__dict__, "target_token_ids": None})
+    assert spec_results.overall_ratio([r]) == pytest.approx(2.0)
+    assert spec_results.compare_with_target([r])[0].identical
+    no_target = spec_results.SpecResult(**{**r.__dict__, "target_token_ids": None})
     with pytest.raises(AsdError, match="no target-alone run"):
-        bl.compare_with_target([no_target])
-    assert not bl.compare_with_target([no_target], [[1, 2, 9]])[0].identical
+        spec_results.compare_with_target([no_target])
+    assert not spec_results.compare_with_target([no_target], [[1, 2, 9]])[0].identical
 
 
 # -- transformers assisted generation -----------------------------------------------------------
@@ -131,10 +135,10 @@ def test_spec_result_derived_numbers() -> None:
 def test_assisted_generation_is_lossless(
     which: str, request: pytest.FixtureRequest, reference: list[list[int]]
 ) -> None:
-    results: list[bl.SpecResult] = request.getfixturevalue(which)
+    results: list[spec_results.SpecResult] = request.getfixturevalue(which)
     assert [r.token_ids for r in results] == reference
     assert [r.target_token_ids for r in results] == reference
-    assert all(a.identical for a in bl.compare_with_target(results, reference))
+    assert all(a.identical for a in spec_results.compare_with_target(results, reference))
     for r, prompt in zip(results, PROMPTS, strict=True):
         assert r.runtime == "transformers" and r.prompt_ids == prompt
         assert r.stop_reason == "length" and len(r.token_ids) == N_NEW
@@ -149,7 +153,7 @@ def test_assisted_generation_is_lossless(
 
 
 def test_a_drafter_equal_to_the_target_is_always_accepted(
-    self_drafted: list[bl.SpecResult],
+    self_drafted: list[spec_results.SpecResult],
 ) -> None:
     for r in self_drafted:
         assert r.accepted_per_step == r.drafted_per_step
@@ -158,7 +162,9 @@ def test_a_drafter_equal_to_the_target_is_always_accepted(
         assert r.mean_accepted_length is not None and r.mean_accepted_length > 1
 
 
-def test_an_unrelated_drafter_is_mostly_rejected(other_drafted: list[bl.SpecResult]) -> None:
+def test_an_unrelated_drafter_is_mostly_rejected(
+    other_drafted: list[spec_results.SpecResult],
+) -> None:
     rates = [r.acceptance_rate for r in other_drafted]
     assert all(rate is not None and rate < 0.5 for rate in rates)
     assert other_drafted[0].settings["num_assistant_tokens_schedule"] == "heuristic"
@@ -176,7 +182,7 @@ def test_stop_strings_cut_both_runs_at_the_same_token(
     stop = next(full[i : i + 2] for i in range(6, len(full) - 1) if full[i : i + 2].isalnum())
     params = GenerationParams(max_new_tokens=N_NEW, stop_strings=(stop,))
     # self-drafting accepts whole blocks of up to 5 tokens, so the stop string can end mid-block
-    (r,) = bl.assisted_generation(
+    (r,) = spec_decode_hf.assisted_generation(
         TARGET, TARGET, PROMPTS[:1], params, models, num_assistant_tokens=5
     )
     assert r.stop_reason == "stop"
@@ -190,25 +196,29 @@ def test_stop_strings_cut_both_runs_at_the_same_token(
 def test_near_tie_gap_weighs_the_two_tokens(tiny_backend, reference: list[list[int]]) -> None:
     prompt, ref = PROMPTS[0], reference[0]
     altered = [*ref[:5], (ref[5] + 1) % 200, *ref[6:]]
-    gap = bl.near_tie_gap(tiny_backend, prompt, altered, ref)
+    gap = spec_results.near_tie_gap(tiny_backend, prompt, altered, ref)
     assert gap is not None and math.isfinite(gap) and gap > 0
-    assert bl.near_tie_gap(tiny_backend, prompt, ref, ref) is None
-    assert bl.near_tie_gap(tiny_backend, prompt, ref[:10], ref) is None  # a prefix: no pair
+    assert spec_results.near_tie_gap(tiny_backend, prompt, ref, ref) is None
+    assert (
+        spec_results.near_tie_gap(tiny_backend, prompt, ref[:10], ref) is None
+    )  # a prefix: no pair
 
 
 def test_drafter_with_another_tokenizer_is_refused(models: Path) -> None:
     bpe = _stage("bpe", "tiny:layers:1,hidden:64,seed:1,tokenizer:bpe")
     with pytest.raises(AsdError, match="different tokenizers"):
-        bl.assisted_generation(TARGET, bpe, PROMPTS[:1], GenerationParams(max_new_tokens=2), models)
+        spec_decode_hf.assisted_generation(
+            TARGET, bpe, PROMPTS[:1], GenerationParams(max_new_tokens=2), models
+        )
 
 
 def test_on_runtime_keeps_or_overrides_the_dtype() -> None:
     stage = StageConfig(name="q", source="package:x", runtime="llamacpp")
-    assert bl.on_runtime(stage, "vllm").model_dump() == {
+    assert spec_results.on_runtime(stage, "vllm").model_dump() == {
         **stage.model_dump(),
         "runtime": "vllm",
     }
-    assert bl.on_runtime(stage, "transformers", "float32").dtype == "float32"
+    assert spec_results.on_runtime(stage, "transformers", "float32").dtype == "float32"
 
 
 # -- vLLM spec decode (slow: two engines in a child process) ------------------------------------
@@ -217,10 +227,10 @@ VLLM_PYTHON = os.environ.get("ASD_VLLM_PYTHON", sys.executable)
 
 @pytest.mark.slow
 def test_vllm_spec_decode_matches_the_target_alone(models: Path, tmp_path: Path) -> None:
-    if not bl.has_vllm(VLLM_PYTHON):
+    if not spec_decode_vllm.has_vllm(VLLM_PYTHON):
         pytest.skip(f"{VLLM_PYTHON} has no vllm (set ASD_VLLM_PYTHON)")
     params = GenerationParams(max_new_tokens=N_NEW, ignore_eos=True)
-    results = bl.vllm_spec_decode(
+    results = spec_decode_vllm.vllm_spec_decode(
         TARGET,
         OTHER,
         PROMPTS[:2],
@@ -230,7 +240,7 @@ def test_vllm_spec_decode_matches_the_target_alone(models: Path, tmp_path: Path)
         num_speculative_tokens=3,
         log_path=tmp_path / "child.log",
     )
-    assert all(a.identical for a in bl.compare_with_target(results))
+    assert all(a.identical for a in spec_results.compare_with_target(results))
     for r in results:
         assert r.runtime == "vllm" and len(r.token_ids) == N_NEW and r.stop_reason == "length"
         assert r.target_tokens_per_s and r.target_tokens_per_s > 0 and r.tokens_per_s > 0
@@ -247,7 +257,7 @@ def test_vllm_spec_decode_matches_the_target_alone(models: Path, tmp_path: Path)
 def test_too_long_prompts_fail_before_any_model_loads(tmp_path: Path) -> None:
     params = GenerationParams(max_new_tokens=1020)
     with pytest.raises(AsdError, match="context length"):
-        bl.assisted_generation(TARGET, OTHER, PROMPTS[:1], params, tmp_path)
+        spec_decode_hf.assisted_generation(TARGET, OTHER, PROMPTS[:1], params, tmp_path)
     with pytest.raises(AsdError, match="context length"):
-        bl.vllm_spec_decode(TARGET, OTHER, PROMPTS[:1], params, tmp_path)
+        spec_decode_vllm.vllm_spec_decode(TARGET, OTHER, PROMPTS[:1], params, tmp_path)
     assert not any(tmp_path.iterdir())  # nothing built or converted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from asd_core.bench_datagen import NEAR_TIE, compare_rows
+from benchmarks.datagen import NEAR_TIE, compare_rows
 
 
 def row(item: str, stage: int, tokens: list[int], gaps: list[float], accepted=(-1, 3)) -> dict:

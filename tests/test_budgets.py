@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from asd_core import budgets
+from asd_core.runs import budgets
 
 
 def records(stage: int, name: str, task: str, lengths: list[int], cap: int) -> list[dict]:

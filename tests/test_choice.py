@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from asd_core import choice
-from asd_core.errors import AsdError
+from asd_core.decoding import choice
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import GenerationParams
 from asd_core.models.common import chat_prompt_ids
 from tests.tolerance import TINY_LOGPROB_TOL

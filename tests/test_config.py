@@ -10,9 +10,9 @@ from typing import get_args
 import pytest
 import yaml
 
-from asd_core import config
 from asd_core.data.tasks import TASKS
-from asd_core.errors import ConfigError
+from asd_core.ground import config
+from asd_core.ground.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "params" / "base.yaml"
@@ -118,7 +118,7 @@ def test_cli_exit_code_and_single_line(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "asd_core.config",
+            "asd_core.ground.config",
             str(BASE),
             str(REPO / "params/cpu.yaml"),
             str(bad),
@@ -131,7 +131,13 @@ def test_cli_exit_code_and_single_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "lambdas[0]" in lines[0]
     ok = subprocess.run(
-        [sys.executable, "-m", "asd_core.config", str(BASE), str(REPO / "params/smoke.yaml")],
+        [
+            sys.executable,
+            "-m",
+            "asd_core.ground.config",
+            str(BASE),
+            str(REPO / "params/smoke.yaml"),
+        ],
         capture_output=True,
         text=True,
     )

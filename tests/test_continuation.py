@@ -1,4 +1,4 @@
-"""Continuation after verification (DESIGN §1, §3): the escalated output is the verifier's own.
+"""Continuation after verification (docs/design.md §1, §3): the escalated output is the verifier's own.
 
 Tiny random models stand in for the hierarchy: two byte-level models with different weights
 (same tokenizer) and a BPE model (another tokenizer). The central property is the lossless
@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.decoding.verify import Draft, draft_from_generation, escalate, tokenizer_key
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import Backend, GenerationParams
 from asd_core.models.common import chat_prompt_ids, empty_prefix
 from asd_core.models.registry import load_backend
-from asd_core.verify import Draft, draft_from_generation, escalate, tokenizer_key
 from tests.conftest import real_gguf
 from tests.tolerance import TINY_LOGPROB_TOL
 

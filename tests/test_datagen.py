@@ -28,12 +28,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asd_core import datagen
-from asd_core.config import StageConfig
+from asd_core.analysis import generation_summaries
 from asd_core.data import Item, select, split_of
-from asd_core.errors import AsdError
-from asd_core.features import FeatureSet, StageView
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
+from asd_core.learning.features import FeatureSet, StageView
 from asd_core.models.registry import load_backend
+from asd_core.runs import datagen, generations, selection, shards
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = (
@@ -123,7 +124,7 @@ def write_task_files(folder: Path) -> dict[str, str]:
     }
 
 
-def make_spec(sources: dict[str, str], **overrides: object) -> datagen.DatagenSpec:
+def make_spec(sources: dict[str, str], **overrides: object) -> selection.DatagenSpec:
     fields: dict[str, object] = {
         "profile": "test",
         "stages": STAGES,
@@ -138,7 +139,7 @@ def make_spec(sources: dict[str, str], **overrides: object) -> datagen.DatagenSp
         "task_sources": sources,
     }
     fields.update(overrides)
-    return datagen.DatagenSpec(**fields)  # type: ignore[arg-type]
+    return selection.DatagenSpec(**fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def reference(
     data_dir = tmp_path_factory.mktemp("data-reference")
     result = datagen.run(make_spec(sources), data_dir, backends=backends, progress=False)
     assert result.shards_written == result.n_shards == math.ceil(result.n_items / 2)
-    df = datagen.load_generations(result.folder)
+    df = generations.load_generations(result.folder)
     return Reference(data_dir, df, result.n_shards, result.seconds / result.n_shards)
 
 
@@ -196,7 +197,7 @@ def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame, skip: tuple[str, ...] = (
     assert list(a.columns) == list(b.columns)
     assert len(a) == len(b)
     for column in a.columns:
-        if column in datagen.TIMING_COLUMNS or column in skip:
+        if column in generations.TIMING_COLUMNS or column in skip:
             continue
         for i, (x, y) in enumerate(zip(a[column], b[column], strict=True)):
             if x is None or y is None:
@@ -215,8 +216,8 @@ def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame, skip: tuple[str, ...] = (
 def test_schema_labels_and_features(reference: Reference) -> None:
     df = reference.df
     K = len(STAGES)
-    assert list(df.columns) == list(datagen.COLUMNS)
-    assert set(datagen.TIMING_COLUMNS) == {"latency_s", "prefill_s", "verify_s_by"}
+    assert list(df.columns) == list(generations.COLUMNS)
+    assert set(generations.TIMING_COLUMNS) == {"latency_s", "prefill_s", "verify_s_by"}
     assert len(df) == K * df["item_id"].nunique()
     assert not df.duplicated(["item_id", "stage"]).any()
     counts = df[df["stage"] == 0].groupby(["task", "split"]).size()
@@ -304,9 +305,9 @@ def test_shards_hold_one_task_and_tasks_take_turns(reference: Reference) -> None
 
 def test_manifest_gives_the_online_requests(reference: Reference) -> None:
     """eval.online rebuilds the pipeline requests from the manifest alone."""
-    from asd_core.eval.online import requests_for
+    from asd_core.runs.online import requests_for
 
-    manifest = datagen.read_manifest(datagen.generations_dir(reference.data_dir, "test"))
+    manifest = generations.read_manifest(generations.generations_dir(reference.data_dir, "test"))
     assert manifest is not None
     ids = sorted(reference.df["item_id"].unique())
     requests = requests_for(manifest, reference.data_dir, ids)
@@ -319,14 +320,14 @@ def test_manifest_gives_the_online_requests(reference: Reference) -> None:
 
 def test_summary_tables(reference: Reference) -> None:
     df = reference.df
-    summary = datagen.summary_table(df)
+    summary = generation_summaries.summary_table(df)
     assert len(summary) == len(TASKS) * len(STAGES)
     assert (summary.loc[summary["stage"] == 2, "answer_accept_rate"] == 1.0).all()
-    agreement = datagen.agreement_table(df)
+    agreement = generation_summaries.agreement_table(df)
     assert len(agreement) == len(TASKS) * (len(STAGES) - 1)
     cells = ["agree_both_correct", "agree_not_both", "differ_both_correct", "differ_not_both"]
     assert (agreement[cells].sum(axis=1) == agreement["n"]).all()
-    hops = datagen.hop_table(df)
+    hops = generation_summaries.hop_table(df)
     assert len(hops) == len(TASKS) * 3  # hops 0→1, 0→2, 1→2
     assert (hops["mean_accepted"] <= hops["mean_drafted"]).all()
 
@@ -342,7 +343,7 @@ def test_hidden_states_when_asked(sources: dict[str, str], backends: list, tmp_p
         return_hidden=True,
     )
     result = datagen.run(spec, tmp_path, backends=backends, progress=False)
-    df = datagen.load_generations(result.folder)
+    df = generations.load_generations(result.folder)
     assert [len(h) for h in df["hidden_mean"]] == [64, 64, 64]  # the tiny models' width
     assert all(np.all(np.isfinite(h)) for h in df["hidden_mean"])
 
@@ -357,7 +358,7 @@ def test_solo_shards_run_one_sequence_at_a_time(
         solo_every=2,
     )
     result = datagen.run(spec, tmp_path, backends=backends, progress=False)
-    df = datagen.load_generations(result.folder)
+    df = generations.load_generations(result.folder)
     shard = np.arange(len(df)) // (2 * len(STAGES))  # shard_size 2: 6 rows per shard
     assert set(df["gen_batch"][shard % 2 == 0]) == {1}
     assert set(df["gen_batch"][shard % 2 == 1]) == {2}
@@ -366,7 +367,7 @@ def test_solo_shards_run_one_sequence_at_a_time(
 
 # -- resuming -------------------------------------------------------------------------------------
 def _shards(folder: Path) -> int:
-    return len(list(folder.glob(datagen.SHARD_GLOB)))
+    return len(list(folder.glob(generations.SHARD_GLOB)))
 
 
 def test_kill_and_resume_gives_identical_rows(
@@ -393,7 +394,7 @@ def test_kill_and_resume_gives_identical_rows(
         command = [
             sys.executable,
             "-m",
-            "asd_core.datagen",
+            "asd_core.runs.datagen",
             str(spec_path),
             "--data-dir",
             str(data_dir),
@@ -408,12 +409,14 @@ def test_kill_and_resume_gives_identical_rows(
 
     uninterrupted_dir = tmp_path / "uninterrupted"
     assert start(uninterrupted_dir).wait(timeout=300) == 0, log.read_text(errors="replace")[-2000:]
-    uninterrupted = datagen.load_generations(datagen.generations_dir(uninterrupted_dir, "test"))
+    uninterrupted = generations.load_generations(
+        generations.generations_dir(uninterrupted_dir, "test")
+    )
 
     # Kill after a random number of complete shards (increasing, so every round makes progress)
     # plus a random fraction of a shard's time: mid-generation or while a shard is written.
     data_dir = tmp_path / "data"
-    folder = datagen.generations_dir(data_dir, spec.profile)
+    folder = generations.generations_dir(data_dir, spec.profile)
     rng = random.Random(20240607)
     targets = sorted(rng.sample(range(1, reference.n_shards - 2), 5))
     for target in targets:
@@ -429,7 +432,7 @@ def test_kill_and_resume_gives_identical_rows(
     proc = start(data_dir)
     assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-2000:]
     assert not list(folder.glob(".shard-*"))  # no half-written shard left behind
-    resumed = datagen.load_generations(folder)
+    resumed = generations.load_generations(folder)
     assert resumed.attrs["complete"]
     assert_same_rows(uninterrupted, resumed)
     # the in-process run (other tests' fixture) wrote the same tokens, texts and labels
@@ -440,7 +443,7 @@ def test_finished_folder_is_kept_as_is(
     reference: Reference, sources: dict[str, str], backends: list
 ) -> None:
     data_dir = reference.data_dir
-    folder = datagen.generations_dir(data_dir, "test")
+    folder = generations.generations_dir(data_dir, "test")
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     result = datagen.run(make_spec(sources), data_dir, backends=backends, progress=False)
     assert (result.shards_written, result.shards_skipped) == (0, result.n_shards)
@@ -450,8 +453,8 @@ def test_finished_folder_is_kept_as_is(
 # -- refusals -------------------------------------------------------------------------------------
 def _copy(reference: Reference, tmp_path: Path, profile: str) -> tuple[Path, Path]:
     data_dir = tmp_path / "data"
-    folder = datagen.generations_dir(data_dir, profile)
-    shutil.copytree(datagen.generations_dir(reference.data_dir, "test"), folder)
+    folder = generations.generations_dir(data_dir, profile)
+    shutil.copytree(generations.generations_dir(reference.data_dir, "test"), folder)
     return data_dir, folder
 
 
@@ -464,7 +467,7 @@ def test_folder_of_another_profile_is_refused(
 ) -> None:
     data_dir, folder = _copy(reference, tmp_path, "other")
     before = _snapshot(folder)
-    with pytest.raises(datagen.DatagenError) as excinfo:
+    with pytest.raises(generations.DatagenError) as excinfo:
         datagen.run(make_spec(sources, profile="other"), data_dir, progress=False)
     msg = one_line(excinfo)
     assert str(folder) in msg and "'profile'" in msg
@@ -488,7 +491,7 @@ def test_folder_of_another_profile_is_refused(
         encoding="utf-8",
     )
     done = subprocess.run(
-        [sys.executable, "-m", "asd_core.datagen", str(spec), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "asd_core.runs.datagen", str(spec), "--data-dir", str(data_dir)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -522,7 +525,7 @@ def test_other_content_parameters_are_refused(
 ) -> None:
     data_dir, folder = _copy(reference, tmp_path, "test")
     before = _snapshot(folder)
-    with pytest.raises(datagen.DatagenError) as excinfo:
+    with pytest.raises(generations.DatagenError) as excinfo:
         datagen.run(make_spec(sources, **change), data_dir, progress=False)
     assert key in one_line(excinfo)
     assert _snapshot(folder) == before
@@ -532,9 +535,9 @@ def test_broken_shard_is_named_not_overwritten(
     reference: Reference, sources: dict[str, str], tmp_path: Path, backends: list
 ) -> None:
     data_dir, folder = _copy(reference, tmp_path, "test")
-    broken = datagen.shard_path(folder, 1)
+    broken = generations.shard_path(folder, 1)
     broken.write_bytes(b"not parquet")
-    with pytest.raises(datagen.DatagenError) as excinfo:
+    with pytest.raises(generations.DatagenError) as excinfo:
         datagen.run(make_spec(sources), data_dir, backends=backends, progress=False)
     assert str(broken) in one_line(excinfo)
     assert broken.read_bytes() == b"not parquet"
@@ -550,7 +553,7 @@ def test_broken_shard_is_named_not_overwritten(
 def test_empty_selection_is_one_error(
     sources: dict[str, str], tmp_path: Path, change: dict[str, object]
 ) -> None:
-    with pytest.raises(datagen.DatagenError) as excinfo:
+    with pytest.raises(generations.DatagenError) as excinfo:
         datagen.run(make_spec(sources, **change), tmp_path, progress=False)
     assert "selection is empty" in one_line(excinfo)
     assert not (tmp_path / "generations").exists()
@@ -587,21 +590,21 @@ def test_from_params_reads_flat_keys() -> None:
         "datagen_test_per_task": 2,
         "datagen_max_new_tokens": {"mmlu": 8},
     }
-    spec = datagen.DatagenSpec.from_params(params)
+    spec = selection.DatagenSpec.from_params(params)
     assert spec.stages == STAGES and spec.seed == 4 and spec.per_split["train"] == 3
     assert spec.tasks == ("mmlu",) and spec.split_fractions == (0.5, 0.25, 0.25)
     assert spec.generation_params("mmlu").max_new_tokens == 8
     assert spec.generation_params("mmlu").top_k == 2
-    with pytest.raises(datagen.DatagenError, match="datagen_shards"):
-        datagen.DatagenSpec.from_params({**params, "datagen_shards": 3})
+    with pytest.raises(generations.DatagenError, match="datagen_shards"):
+        selection.DatagenSpec.from_params({**params, "datagen_shards": 3})
 
 
 def test_load_generations_errors(tmp_path: Path) -> None:
-    with pytest.raises(datagen.DatagenError) as excinfo:
-        datagen.load_generations(tmp_path / "missing")
+    with pytest.raises(generations.DatagenError) as excinfo:
+        generations.load_generations(tmp_path / "missing")
     assert "no generations folder" in one_line(excinfo)
-    with pytest.raises(datagen.DatagenError) as excinfo:
-        datagen.load_generations(tmp_path)
+    with pytest.raises(generations.DatagenError) as excinfo:
+        generations.load_generations(tmp_path)
     assert "no generated rows" in one_line(excinfo)
 
 
@@ -613,7 +616,7 @@ ITEMS = [Item(item_id=f"mmlu/{i:06d}", task="mmlu", question=f"q{i}") for i in r
 @given(n=st.integers(0, 12), seed=st.integers(0, 2**32 - 1))
 def test_sampling_is_select_when_everything_fits(n: int, seed: int) -> None:
     pool = [it for it in ITEMS if split_of(it.item_id) == "train"]
-    chosen, passed = datagen.sample_fitting(pool, n, seed, lambda item: True)
+    chosen, passed = selection.sample_fitting(pool, n, seed, lambda item: True)
     assert chosen == select(ITEMS, "train", n, seed) and passed == 0
 
 
@@ -621,10 +624,10 @@ def test_sampling_is_select_when_everything_fits(n: int, seed: int) -> None:
 @given(n=st.integers(0, 60), seed=st.integers(0, 2**32 - 1))
 def test_sampling_skips_what_does_not_fit(n: int, seed: int) -> None:
     fits = lambda item: int(item.item_id[-2:]) % 3 != 0  # noqa: E731
-    chosen, passed = datagen.sample_fitting(ITEMS, n, seed, fits)
+    chosen, passed = selection.sample_fitting(ITEMS, n, seed, fits)
     assert len(chosen) == min(n, 40) and all(map(fits, chosen))
     assert chosen == sorted(chosen, key=lambda it: it.item_id)  # pool order
-    bigger, _ = datagen.sample_fitting(ITEMS, min(n + 5, 60), seed, fits)
+    bigger, _ = selection.sample_fitting(ITEMS, min(n + 5, 60), seed, fits)
     assert set(it.item_id for it in chosen) <= set(it.item_id for it in bigger)
     assert passed >= 0
 
@@ -632,12 +635,12 @@ def test_sampling_skips_what_does_not_fit(n: int, seed: int) -> None:
 def test_items_without_gold_get_an_answer_key_and_no_quality() -> None:
     question = "Pick one.\n\nA. red\nB. blue\nC. green\nD. black\n\nAnswer with the letter."
     unlabelled = Item(item_id="mmlu/000001", task="mmlu", question=question)
-    score = datagen._quality(datagen.Entry(unlabelled, "train"), "The answer is B.", None, False)
+    score = shards._quality(selection.Entry(unlabelled, "train"), "The answer is B.", None, False)
     assert score.extracted == "B" and math.isnan(score.correct)
-    cut = datagen._quality(datagen.Entry(unlabelled, "train"), "The answer is B.", None, True)
+    cut = shards._quality(selection.Entry(unlabelled, "train"), "The answer is B.", None, True)
     assert cut.extracted == "" and math.isnan(cut.correct)
     labelled = Item(item_id="mmlu/000002", task="mmlu", question=question, answer="B")
-    score = datagen._quality(datagen.Entry(labelled, "train"), "The answer is B.", None, False)
+    score = shards._quality(selection.Entry(labelled, "train"), "The answer is B.", None, False)
     assert (score.extracted, score.correct) == ("B", 1.0)
 
 
@@ -651,16 +654,16 @@ POOL = [
 def test_pool_prompts_join_the_train_split_and_grow_stably(sources: dict[str, str]) -> None:
     spec = make_spec(sources, tasks=("mmlu",), task_sources={}, pool_per_task={"mmlu": 5})
     items = {"mmlu": ITEMS}
-    sel = datagen.select_entries(spec, items, pool_prompts={"mmlu": POOL})
+    sel = selection.select_entries(spec, items, pool_prompts={"mmlu": POOL})
     pooled = [e for e in sel.entries if e.item.item_id.startswith("pool-")]
     assert len(pooled) == 5 and {e.split for e in pooled} == {"train"}
     assert sel.counts["mmlu/pool"] == 5 and sel.counts["mmlu/train"] == 3
     more = make_spec(sources, tasks=("mmlu",), task_sources={}, pool_per_task={"mmlu": 9})
-    bigger = datagen.select_entries(more, items, pool_prompts={"mmlu": POOL})
+    bigger = selection.select_entries(more, items, pool_prompts={"mmlu": POOL})
     assert {e.item.item_id for e in pooled} <= {e.item.item_id for e in bigger.entries}
     short = lambda item: item.item_id.startswith("mmlu/") or int(item.item_id[-2:]) < 4  # noqa: E731
-    with pytest.raises(datagen.DatagenError) as excinfo:
-        datagen.select_entries(spec, items, short, pool_prompts={"mmlu": POOL})
+    with pytest.raises(generations.DatagenError) as excinfo:
+        selection.select_entries(spec, items, short, pool_prompts={"mmlu": POOL})
     assert "datagen_pool_per_task.mmlu: asks for 5 prompts; its pools hold 30, of which 4" in (
         one_line(excinfo)
     )

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from asd_core import dependencies as deps
-from asd_core.errors import AsdError
+from asd_core.ground import dependencies as deps
+from asd_core.ground.errors import AsdError
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
@@ -67,10 +67,13 @@ def test_every_pin_has_a_hash_and_no_cuda_build(lock: str) -> None:
     assert "file://" not in text and "--find-links" not in text  # no machine paths
 
 
-def test_environment_yml_installs_the_lock() -> None:
-    env = yaml.safe_load((REPO / "environment.yml").read_text(encoding="utf-8"))
-    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "-r requirements.lock" in pip_section
+def test_environment_yml_gives_python_and_pip_and_run_all_installs_the_lock() -> None:
+    """Conda users run the same two commands: the environment brings only Python 3.11 and pip."""
+    text = (REPO / "environment.yml").read_text(encoding="utf-8")
+    env = yaml.safe_load(text)
+    assert env["dependencies"] == ["python=3.11", "pip"]
+    assert 'ASD_VENV="$CONDA_PREFIX" ./run_all.sh cpu' in text
+    assert 'ASD_VENV="$CONDA_PREFIX" ./run_all.sh test' in text
 
 
 def test_differences_name_missing_moved_and_extra_packages() -> None:
@@ -99,7 +102,7 @@ def test_check_exits_non_zero_with_one_line_on_drift(tmp_path: Path) -> None:
     lock = tmp_path / "x.lock"
     lock.write_text("numpy==0.0.1 \\\n    --hash=sha256:ab\n")
     run = subprocess.run(
-        [sys.executable, "-m", "asd_core.dependencies", "check", str(lock)],
+        [sys.executable, "-m", "asd_core.ground.dependencies", "check", str(lock)],
         capture_output=True,
         text=True,
         cwd=REPO,

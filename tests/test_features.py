@@ -1,4 +1,4 @@
-"""Features of a stage output (DESIGN §4): each feature on hand-made arrays, and the vector."""
+"""Features of a stage output (docs/design.md §4): each feature on hand-made arrays, and the vector."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from asd_core import features as fe
-from asd_core.bench_features import synthetic_frame
-from asd_core.errors import AsdError
-from asd_core.features import FeatureSet, StageView
+from asd_core.ground.errors import AsdError
+from asd_core.learning import features as fe
+from asd_core.learning.features import FeatureSet, StageView
 from asd_core.models.base import Generation
+from benchmarks.features import synthetic_frame
 
 LOG = np.log  # readability: log-probabilities written as LOG(p)
 
@@ -266,7 +266,7 @@ def test_hidden_group_projects_each_stage_with_its_own_pca():
 
 
 def test_extract_is_fast():
-    """DESIGN §4 budget is 0.3 ms per input; a loose guard against per-row pandas creeping in."""
+    """docs/design.md §4 budget is 0.3 ms per input; a loose guard against per-row pandas creeping in."""
     fs = FeatureSet(3)
     view = make_view(n_out=64, prompt_ids=np.arange(300))
     times = []
@@ -278,7 +278,7 @@ def test_extract_is_fast():
 
 
 def test_benchmark_runs_and_reports_each_step():
-    from asd_core.bench_features import run
+    from benchmarks.features import run
 
     result = run(repeats=5, n_in=64, n_out=16, n_members=1)
     assert set(result) == {

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import Backend, GenerationParams
 from asd_core.models.common import chat_prompt_ids
 from tests.tolerance import TINY_LOGPROB_TOL

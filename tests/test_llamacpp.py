@@ -19,9 +19,9 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from asd_core.config import StageConfig  # noqa: E402
-from asd_core.errors import AsdError  # noqa: E402
-from asd_core.models import llamacpp  # noqa: E402
+from asd_core.ground.config import StageConfig  # noqa: E402
+from asd_core.ground.errors import AsdError  # noqa: E402
+from asd_core.models import llamacpp_slots  # noqa: E402
 from asd_core.models.base import Backend, GenerationParams  # noqa: E402
 from asd_core.models.common import chat_prompt_ids
 from asd_core.models.llamacpp import LlamaCppBackend  # noqa: E402
@@ -438,7 +438,7 @@ def test_score_chunking_does_not_change_results(smol, monkeypatch: pytest.Monkey
     # chunks of 7 put the first logits row mid-chunk and split the continuation; no chunk has a
     # single token, which llama.cpp would run through its (slightly different) one-token kernels
     assert (len(prompt) + 30) % 7 != 1
-    monkeypatch.setattr(smol, "n_batch", 7)
+    monkeypatch.setattr(smol.slots, "n_batch", 7)
     (chunked,) = smol.score([prompt], [gen.token_ids])
     np.testing.assert_array_equal(chunked.argmax_ids, whole.argmax_ids)
     np.testing.assert_array_equal(chunked.logprobs, whole.logprobs)
@@ -551,7 +551,7 @@ def test_qwen_agrees_with_transformers_float32(qwen, models_dir: Path) -> None:
 
 @pytest.mark.integration
 def test_next_logprobs_match_scoring_and_a_one_letter_choice(smol) -> None:
-    from asd_core.choice import choose, option_token_ids
+    from asd_core.decoding.choice import choose, option_token_ids
 
     letters = ("A", "B", "C", "D")
     ids = option_token_ids(smol.tokenizer, letters)
@@ -572,7 +572,7 @@ def test_a_shared_prompt_prefix_is_prefilled_once_and_copied(models_dir: Path) -
     questions = ["What is the capital of France?", "Why is the sky blue?", "Who wrote Hamlet?"]
     try:
         prompts = [chat(backend.tokenizer, task + q) for q in questions + ["What is rust?"]]
-        shared = min(llamacpp._common_prefix(prompts[0], p) for p in prompts[1:])
+        shared = min(llamacpp_slots.common_prefix(prompts[0], p) for p in prompts[1:])
         params = GenerationParams(max_new_tokens=16, top_k=2, ignore_eos=True)  # equal lengths
         outputs, fed = {}, {}
         for reuse in (False, True):
@@ -587,10 +587,10 @@ def test_a_shared_prompt_prefix_is_prefilled_once_and_copied(models_dir: Path) -
         alone = backend.next_logprobs(prompts, letters)
     finally:
         backend.close()
-    assert shared >= llamacpp._MIN_SHARED
+    assert shared >= llamacpp_slots.MIN_SHARED
     # prefilled once, not 4 times; the prompt that waited for a slot may take over the shared
     # slot itself and keep more (its question starts like the first one's)
-    most = sum(llamacpp._common_prefix(prompts[0], p) for p in prompts[1:])
+    most = sum(llamacpp_slots.common_prefix(prompts[0], p) for p in prompts[1:])
     assert (len(prompts) - 1) * shared <= fed[False] - fed[True] <= most
     same, found = batch_divergences(outputs[True], outputs[False])
     print(f"\n[llamacpp {SMOL}] shared prefix of {shared} tokens: {same} of 4 outputs equal")

@@ -1,4 +1,4 @@
-"""Task metrics on hand-written model outputs, well-formed and malformed (DESIGN §3, §10)."""
+"""Task metrics on hand-written model outputs, well-formed and malformed (docs/design.md §3, §10)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asd_core.eval.metrics import (
-    MetricsError,
+from asd_core.data.code_answers import extract_code, run_humaneval, split_check
+from asd_core.data.sandbox import SandboxLimits
+from asd_core.data.scoring import (
     TaskScore,
     answer_key,
     answers_agree,
@@ -20,27 +21,26 @@ from asd_core.eval.metrics import (
     choice_accuracy,
     choose_by_loglik,
     extract_choice,
-    extract_code,
     extract_number,
-    fit_agreement_threshold,
     format_number,
     gold_letter,
-    is_truthful,
-    max_bleu,
-    max_rouge_l,
     mc1,
     mmlu_choices,
     number_accuracy,
     numbers_in,
     numbers_match,
-    run_humaneval,
     score,
     score_item,
-    split_check,
+)
+from asd_core.data.text_answers import (
+    fit_agreement_threshold,
+    is_truthful,
+    max_bleu,
+    max_rouge_l,
     text_key,
     text_similarity,
 )
-from asd_core.eval.sandbox import SandboxLimits
+from asd_core.ground.errors import MetricsError
 
 # ------------------------------------------------------------------------------------ MMLU ---
 

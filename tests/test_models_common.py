@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError, ConfigError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError, ConfigError
 from asd_core.models import registry
 from asd_core.models.common import check_prompts, eos_ids, hit_stop_string, token_stats
 from asd_core.models.tiny import TinySpec

@@ -1,7 +1,7 @@
 """The batched pipeline and its built-in policies on a three-stage hierarchy of tiny models.
 
 Stage 0 uses the BPE tokenizer and stages 1-2 the byte tokenizer, so the 0→1 hop crosses
-tokenizers as SmolLM2 → Qwen does. The invariant (DESIGN §8): output at depth d equals M_d alone.
+tokenizers as SmolLM2 → Qwen does. The invariant (docs/design.md §8): output at depth d equals M_d alone.
 """
 
 from __future__ import annotations
@@ -12,21 +12,20 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.decoding.pipeline import AcceptanceMetrics, Pipeline, Request, Trace
+from asd_core.decoding.protocol import Move, continue_to
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import GenerationParams
 from asd_core.models.common import chat_prompt_ids
 from asd_core.models.registry import load_backend
-from asd_core.pipeline import AcceptanceMetrics, Pipeline, Request, Trace
-from asd_core.policies import (
+from asd_core.policy.baselines import (
     AlwaysDeepest,
     FixedDepth,
-    Move,
     OracleCascade,
     OracleRouter,
     RandomMixing,
     cheapest_acceptable,
-    continue_to,
 )
 
 SPECS = [
@@ -219,7 +218,7 @@ MC = GenerationParams(max_new_tokens=4, options=("A", "B", "C", "D"))
 
 @pytest.mark.parametrize("depth", [0, 1, 2])
 def test_a_choice_at_any_depth_is_that_stage_own_choice(pipe: Pipeline, depth: int) -> None:
-    from asd_core.choice import choose
+    from asd_core.decoding.choice import choose
 
     reqs = [
         Request(f"mc{i}", "mmlu", f"{t}\n\nA. x\nB. y\nC. z\nD. w", MC) for i, t in enumerate(TEXTS)

@@ -1,4 +1,4 @@
-"""Paper figures and tables (asd_core.eval.plots) on a synthetic results table shaped like notebook 04's,
+"""Paper figures and tables (asd_core.analysis.figures) on a synthetic results table shaped like notebook 04's,
 and notebook 05 executed end to end under papermill on such a table."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from asd_core import stats  # noqa: E402
-from asd_core.eval import plots  # noqa: E402
-from asd_core.reporting import sidecar_path  # noqa: E402
+from asd_core.analysis import curve_stats, figures, names, pareto, summaries, tables
+from asd_core.ground import frontier, stats
+from asd_core.ground.provenance import sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
 LAMS = (0.1, 1.0, 10.0)
@@ -178,12 +178,12 @@ def results() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def summary(results: pd.DataFrame) -> pd.DataFrame:
-    return stats.summarise(results, n_resamples=200, ci_method="percentile")
+    return summaries.summarise(results, n_resamples=200, ci_method="percentile")
 
 
 @pytest.fixture(scope="module")
 def curves(results: pd.DataFrame) -> pd.DataFrame:
-    return plots.curve_table(results, n_resamples=200, seed=0)
+    return curve_stats.curve_table(results, n_resamples=200, seed=0)
 
 
 @pytest.fixture(autouse=True)
@@ -206,7 +206,7 @@ def _texts(fig) -> str:
 
 
 def test_synthetic_table_is_a_valid_results_table(results: pd.DataFrame) -> None:
-    stats.check_table(results)
+    summaries.check_table(results)
     assert set(results.columns) >= {
         "method",
         "lam",
@@ -219,7 +219,7 @@ def test_synthetic_table_is_a_valid_results_table(results: pd.DataFrame) -> None
         "depth",
         "path",
     }
-    assert stats.deepest_stage(results) == "stage_2"
+    assert summaries.deepest_stage(results) == "stage_2"
     tq = results[results["dataset"] == "truthfulqa"]
     assert not stats.is_binary(tq["quality"])  # exercises the Wilcoxon path for scores
 
@@ -230,7 +230,7 @@ def test_synthetic_table_is_a_valid_results_table(results: pd.DataFrame) -> None
 def test_curve_table_matches_stats_curve_summary(
     summary: pd.DataFrame, curves: pd.DataFrame
 ) -> None:
-    reference = stats.curve_summary(summary)
+    reference = summaries.curve_summary(summary)
     merged = curves.merge(reference, on=["method", "dataset"], suffixes=("", "_ref"))
     assert len(merged) == len(reference)  # every real method; best_pair comes on top
     np.testing.assert_allclose(merged["area"], merged["area_ref"], rtol=1e-9, equal_nan=True)
@@ -253,7 +253,7 @@ def test_curve_table_cis_bracket_the_estimate_and_best_pair_is_the_pair_envelope
         pairs = data[data["method"].str.startswith("pair_")]
         lo = data[data["method"] == "stage_0"].iloc[0]
         hi = data[data["method"] == "stage_2"].iloc[0]
-        expected = stats.normalised_area(
+        expected = frontier.normalised_area(
             pairs["cost"],
             pairs["quality"],
             (lo["cost"], lo["quality"]),
@@ -274,9 +274,9 @@ def test_curve_table_cis_bracket_the_estimate_and_best_pair_is_the_pair_envelope
 def test_curve_table_is_reproducible_and_seed_dependent(
     results: pd.DataFrame, curves: pd.DataFrame
 ) -> None:
-    again = plots.curve_table(results, n_resamples=200, seed=0)
+    again = curve_stats.curve_table(results, n_resamples=200, seed=0)
     pd.testing.assert_frame_equal(again, curves)
-    other = plots.curve_table(results, n_resamples=200, seed=1)
+    other = curve_stats.curve_table(results, n_resamples=200, seed=1)
     assert not np.allclose(other["area_low"], curves["area_low"])
     np.testing.assert_allclose(other["area"], curves["area"])  # estimates do not depend on the seed
 
@@ -290,10 +290,10 @@ def test_curve_table_names_a_method_that_misses_inputs(results: pd.DataFrame) ->
         ].index
     )
     with pytest.raises(
-        plots.AnalysisError,
+        names.AnalysisError,
         match=r"dataset 'mmlu': method 'router' \(λ=0.6\) does not cover every input",
     ):
-        plots.curve_table(broken, n_resamples=10)
+        curve_stats.curve_table(broken, n_resamples=10)
 
 
 @settings(max_examples=25, deadline=None)
@@ -309,8 +309,10 @@ def test_bootstrap_of_means_brackets_the_mean(
     values = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
     q = np.array(data.draw(st.lists(values, min_size=n * m, max_size=n * m))).reshape(n, m)
     c = q + 1.0
-    pts = plots._Points([(f"m{i}", float("nan")) for i in range(m)], q, c)
-    cis = plots._bootstrap(pts, {"mean0": lambda qq, cc: float(qq[0])}, confidence, 200, seed=3)
+    pts = curve_stats.CurvePoints([(f"m{i}", float("nan")) for i in range(m)], q, c)
+    cis = curve_stats.resampled_statistics(
+        pts, {"mean0": lambda qq, cc: float(qq[0])}, confidence, 200, seed=3
+    )
     ci = cis["mean0"]
     assert ci.estimate == pytest.approx(q[:, 0].mean())
     assert q[:, 0].min() - 1e-9 <= ci.low <= ci.estimate + 1e-9
@@ -321,7 +323,7 @@ def test_bootstrap_of_means_brackets_the_mean(
 
 
 def test_operating_points_follow_the_smallest_matching_lambda(summary: pd.DataFrame) -> None:
-    points = plots.operating_points(summary)
+    points = tables.operating_points(summary)
     assert set(points["method"]) == set(summary["method"])
     for p in points[points["method"] == "dp"].itertuples():
         data = summary[(summary["dataset"] == p.dataset)]
@@ -337,7 +339,7 @@ def test_operating_points_follow_the_smallest_matching_lambda(summary: pd.DataFr
 
 
 def test_headline_table_reports_dp_with_cis(results, summary, curves) -> None:
-    head = plots.headline_table(results, summary, curves, method="dp", n_resamples=200, seed=0)
+    head = tables.headline_table(results, summary, curves, method="dp", n_resamples=200, seed=0)
     assert list(head["dataset"]) == ["mmlu", "truthfulqa"]
     for col in (
         "speedup",
@@ -364,7 +366,7 @@ def test_headline_table_reports_dp_with_cis(results, summary, curves) -> None:
                 (summary["dataset"] == r.dataset) & (summary["method"] == "stage_2")
             ].iloc[0]
             assert r.saving_share == pytest.approx(
-                stats.saving_share(row["cost"], orc["cost"], ref["cost"])
+                frontier.saving_share(row["cost"], orc["cost"], ref["cost"])
             )
             assert r.saving_share_low <= r.saving_share <= r.saving_share_high
         else:
@@ -374,12 +376,12 @@ def test_headline_table_reports_dp_with_cis(results, summary, curves) -> None:
 
 
 def test_headline_table_unknown_method_is_one_clear_error(results, summary, curves) -> None:
-    with pytest.raises(plots.AnalysisError, match="headline method 'nope'"):
-        plots.headline_table(results, summary, curves, method="nope")
+    with pytest.raises(names.AnalysisError, match="headline method 'nope'"):
+        tables.headline_table(results, summary, curves, method="nope")
 
 
 def test_accuracy_latency_marks_follow_holm(summary: pd.DataFrame) -> None:
-    table = plots.accuracy_latency_table(summary)
+    table = tables.accuracy_latency_table(summary)
     assert set(table["dataset"]) == {"mmlu", "truthfulqa"}
     assert (table["quality_mark"] == np.where(table["p_quality_holm"] < 0.05, "*", "")).all()
     assert (table["latency_mark"] == np.where(table["p_latency_holm"] < 0.05, "*", "")).all()
@@ -414,7 +416,7 @@ def test_display_table_writes_cis_marks_and_dashes() -> None:
             "matched": [True, False],
         }
     )
-    out = plots.display_table(df)
+    out = tables.display_table(df)
     assert list(out.columns) == [
         "method",
         "λ / budget",
@@ -435,8 +437,8 @@ def test_display_table_writes_cis_marks_and_dashes() -> None:
 
 def test_write_csv_and_html_with_sidecars(tmp_path: Path, summary: pd.DataFrame) -> None:
     prov = {"git_commit": "abc", "params_digest": "d1", "profile": "smoke", "created_utc": "now"}
-    table = plots.accuracy_latency_table(summary)
-    csv, page = plots.write_csv_and_html(
+    table = tables.accuracy_latency_table(summary)
+    csv, page = tables.write_csv_and_html(
         table,
         tmp_path / "t" / "05_accuracy_latency",
         prov,
@@ -462,28 +464,28 @@ def test_write_csv_and_html_with_sidecars(tmp_path: Path, summary: pd.DataFrame)
 
 
 def test_settings_reject_bad_values_naming_the_key() -> None:
-    assert plots.AnalysisSettings().confidence == pytest.approx(0.95)
-    with pytest.raises(plots.AnalysisError, match="analysis_bootstrap_resamples"):
-        plots.AnalysisSettings(n_resamples=0)
-    with pytest.raises(plots.AnalysisError, match="analysis_alpha"):
-        plots.AnalysisSettings(alpha=1.5)
-    with pytest.raises(plots.AnalysisError, match="analysis_ci_method"):
-        plots.AnalysisSettings(ci_method="bca")
+    assert names.AnalysisSettings().confidence == pytest.approx(0.95)
+    with pytest.raises(names.AnalysisError, match="analysis_bootstrap_resamples"):
+        names.AnalysisSettings(n_resamples=0)
+    with pytest.raises(names.AnalysisError, match="analysis_alpha"):
+        names.AnalysisSettings(alpha=1.5)
+    with pytest.raises(names.AnalysisError, match="analysis_ci_method"):
+        names.AnalysisSettings(ci_method="bca")
 
 
 def test_load_results_errors(tmp_path: Path) -> None:
-    with pytest.raises(plots.AnalysisError, match="results table not found"):
-        plots.load_results(tmp_path / "04_results.parquet")
+    with pytest.raises(names.AnalysisError, match="results table not found"):
+        names.load_results(tmp_path / "04_results.parquet")
     pd.DataFrame({"method": ["x"]}).to_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(plots.AnalysisError, match=r"bad.parquet: evaluation table lacks column"):
-        plots.load_results(tmp_path / "bad.parquet")
+    with pytest.raises(names.AnalysisError, match=r"bad.parquet: evaluation table lacks column"):
+        names.load_results(tmp_path / "bad.parquet")
 
 
 # -- figures ---------------------------------------------------------------------------------
 
 
 def test_pareto_has_a_panel_per_dataset_with_every_baseline(summary: pd.DataFrame) -> None:
-    fig = plots.pareto(summary)
+    fig = pareto.pareto(summary)
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert len(panels) == 2
     text = _texts(fig)
@@ -507,27 +509,27 @@ def test_pareto_has_a_panel_per_dataset_with_every_baseline(summary: pd.DataFram
     from matplotlib.collections import PolyCollection
 
     assert any(isinstance(c, PolyCollection) for c in panels[0].collections)
-    single = plots.pareto(summary, datasets=["truthfulqa"])
+    single = pareto.pareto(summary, datasets=["truthfulqa"])
     assert len([ax for ax in single.axes if ax.get_visible()]) == 1
 
 
 def test_lambda_sweep_is_log_x_with_every_ablation(summary: pd.DataFrame) -> None:
-    fig = plots.lambda_sweep(summary)
+    fig = pareto.lambda_sweep(summary)
     assert len(fig.axes) == 4
     assert all(ax.get_xscale() == "log" for ax in fig.axes)
     text = _texts(fig)
     present = set(summary["method"])
     assert {"dp", "dp_myopic"} <= present
-    for m in plots.ABLATIONS:
-        assert (plots.label(m) in text) == (m in present)
+    for m in names.ABLATIONS:
+        assert (names.label(m) in text) == (m in present)
     dp_line = next(
-        line for line in fig.axes[0].get_lines() if line.get_label() == plots.label("dp")
+        line for line in fig.axes[0].get_lines() if line.get_label() == names.label("dp")
     )
     np.testing.assert_allclose(dp_line.get_xdata(), LAMS)
 
 
 def test_stage_usage_bars_sum_to_one(results: pd.DataFrame) -> None:
-    fig = plots.stage_usage(results, method="dp")
+    fig = figures.stage_usage(results, method="dp")
     ax = fig.axes[0]
     heights: dict[float, float] = {}
     for patch in ax.patches:
@@ -535,16 +537,16 @@ def test_stage_usage_bars_sum_to_one(results: pd.DataFrame) -> None:
     assert len(heights) == len(LAMS) + 1  # every λ and the oracle router
     np.testing.assert_allclose(list(heights.values()), 1.0)
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels == ["λ=0.1", "λ=1", "λ=10", plots.label("oracle_router")]
-    with pytest.raises(plots.AnalysisError, match="'nope' is not in the results table"):
-        plots.stage_usage(results, method="nope")
+    assert labels == ["λ=0.1", "λ=1", "λ=10", names.label("oracle_router")]
+    with pytest.raises(names.AnalysisError, match="'nope' is not in the results table"):
+        figures.stage_usage(results, method="nope")
 
 
 def test_latency_cdf_uses_the_operating_points(
     results: pd.DataFrame, summary: pd.DataFrame
 ) -> None:
-    points = plots.operating_points(summary)
-    fig = plots.latency_cdf(results, points=points)
+    points = tables.operating_points(summary)
+    fig = figures.latency_cdf(results, points=points)
     text = _texts(fig)
     dp_lam = points[(points["method"] == "dp") & (points["dataset"] == "mmlu")]["lam"].iloc[0]
     assert f"DP policy (ours) (λ={dp_lam:g})" in text
@@ -552,19 +554,19 @@ def test_latency_cdf_uses_the_operating_points(
     for line in fig.axes[0].get_lines():
         y = line.get_ydata()
         assert y[-1] == pytest.approx(1.0) and np.all(np.diff(y) > 0)
-    with pytest.raises(plots.AnalysisError, match="not in the results table"):
-        plots.latency_cdf(results, methods=["stage_9"])
+    with pytest.raises(names.AnalysisError, match="not in the results table"):
+        figures.latency_cdf(results, methods=["stage_9"])
 
 
 def test_area_and_ablation_bars(curves: pd.DataFrame) -> None:
-    fig = plots.ablation_bars(curves)
+    fig = figures.ablation_bars(curves)
     ax = fig.axes[0]
-    present = [m for m in plots.ABLATIONS if m in set(curves["method"])]
+    present = [m for m in names.ABLATIONS if m in set(curves["method"])]
     assert len(present) >= 4 and len(ax.patches) == len(present) * 2
     dp = curves[curves["method"] == "dp"].sort_values("dataset")["area"].to_numpy()
     heights = [p.get_height() for p in ax.patches[:2]]
     np.testing.assert_allclose(heights, dp)
-    fig2 = plots.area_bars(curves.drop(columns=["area_low", "area_high"]))  # curve_summary-shaped
+    fig2 = figures.area_bars(curves.drop(columns=["area_low", "area_high"]))  # curve_summary-shaped
     assert "best two-stage pair (envelope)" in _texts(fig2)
 
 
@@ -577,13 +579,13 @@ def test_online_vs_replay() -> None:
             "depth_agrees": [True, True, True, False, True, True, True, True],
         }
     )
-    fig = plots.online_vs_replay(online)
+    fig = figures.online_vs_replay(online)
     text = _texts(fig)
     assert "λ = 1: final stage agrees on 75% (n = 4)" in text
     assert "λ = 10: final stage agrees on 100% (n = 4)" in text
     assert "87.5%" in text and "y = x" in text
-    with pytest.raises(plots.AnalysisError, match="lacks column"):
-        plots.online_vs_replay(online.drop(columns=["replay_s"]))
+    with pytest.raises(names.AnalysisError, match="lacks column"):
+        figures.online_vs_replay(online.drop(columns=["replay_s"]))
 
 
 # -- the tiny tables of the smoke profile do not break the analysis --------------------------
@@ -591,20 +593,20 @@ def test_online_vs_replay() -> None:
 
 def test_one_input_per_dataset_gives_undefined_cis_not_errors() -> None:
     tiny = synthetic_results(n_items=1, seeds=(1,))
-    summary = stats.summarise(tiny, n_resamples=20, ci_method="percentile")
-    curves = plots.curve_table(tiny, n_resamples=20)
+    summary = summaries.summarise(tiny, n_resamples=20, ci_method="percentile")
+    curves = curve_stats.curve_table(tiny, n_resamples=20)
     assert curves["area_low"].isna().all()
-    head = plots.headline_table(tiny, summary, curves, n_resamples=20)
+    head = tables.headline_table(tiny, summary, curves, n_resamples=20)
     # one input: point estimates exist, their intervals do not
     assert head["quality_diff_low"].isna().all() and head["saving_share_low"].isna().all()
-    table = plots.accuracy_latency_table(summary)
+    table = tables.accuracy_latency_table(summary)
     assert table[table["method"] == "dp"]["operating_point"].str.contains("95%").all()
     for fig in (
-        plots.pareto(summary),
-        plots.lambda_sweep(summary),
-        plots.stage_usage(tiny),
-        plots.latency_cdf(tiny),
-        plots.ablation_bars(curves),
+        pareto.pareto(summary),
+        pareto.lambda_sweep(summary),
+        figures.stage_usage(tiny),
+        figures.latency_cdf(tiny),
+        figures.ablation_bars(curves),
     ):
         fig.canvas.draw()
 
@@ -613,7 +615,7 @@ def test_one_input_per_dataset_gives_undefined_cis_not_errors() -> None:
 
 
 def _write_inputs(reports: Path) -> None:
-    from asd_core.reporting import write_parquet
+    from asd_core.ground.provenance import write_parquet
 
     (reports / "tables").mkdir(parents=True)
     write_parquet(
@@ -625,7 +627,7 @@ def _write_inputs(reports: Path) -> None:
 
 @pytest.mark.slow
 def test_notebook_05_runs_under_the_runner(tmp_path: Path) -> None:
-    from asd_core.runner import run_notebook
+    from asd_core.reporting.notebooks import run_notebook
 
     reports = tmp_path / "reports"
     _write_inputs(reports)
@@ -680,10 +682,10 @@ def test_decision_boundaries_draw_every_state_and_the_entry() -> None:
             + ["enter s0", "enter s1"],
         }
     )
-    fig = plots.decision_boundaries(decisions)
+    fig = figures.decision_boundaries(decisions)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles[:2] == ["after s0 (direct)", "entry (held-out inputs)"]
     text = _texts(fig)
     assert "restart → s1" in text and "stop" in text and "enter s1" in text
-    with pytest.raises(plots.AnalysisError, match="lacks column"):
-        plots.decision_boundaries(decisions.drop(columns=["p_low"]))
+    with pytest.raises(names.AnalysisError, match="lacks column"):
+        figures.decision_boundaries(decisions.drop(columns=["p_low"]))

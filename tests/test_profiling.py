@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from asd_core import profiling, reporting
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.ground import provenance
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import Generation, GenerationParams, Scoring, StageInfo
+from asd_core.runs import profiling
 
 
 class FakeClock:
@@ -326,9 +327,9 @@ def test_plots_have_one_panel_per_stage_and_save(tmp_path) -> None:
     ]
     try:
         assert [len(f.axes) for f in figs] == [4, 2, 1]
-        prov = reporting.provenance({"seed": 0}, 0)
+        prov = provenance.provenance({"seed": 0}, 0)
         for i, fig in enumerate(figs):
-            path = reporting.save_figure(fig, tmp_path / f"f{i}.png", prov)
+            path = provenance.save_figure(fig, tmp_path / f"f{i}.png", prov)
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         for fig in figs:
@@ -336,7 +337,7 @@ def test_plots_have_one_panel_per_stage_and_save(tmp_path) -> None:
 
 
 def test_a_disturbed_cost_model_is_caught() -> None:
-    from asd_core.errors import AsdError
+    from asd_core.ground.errors import AsdError
 
     cost = pd.DataFrame(
         {

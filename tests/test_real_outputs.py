@@ -2,7 +2,7 @@
 
 ``tests/fixtures/real_outputs.jsonl`` holds replies of SmolLM2-135M, Qwen-Coder-0.5B and
 Qwen-Coder-1.5B (Q4 GGUF, llama.cpp, greedy) to MMLU, HumanEval, ASDiv and TruthfulQA items,
-saved by ``python -m asd_core.budgets --fixtures``: at least ten per model and task, including
+saved by ``python -m asd_core.runs.budgets --fixtures``: at least ten per model and task, including
 replies that ran to the cap, replies with no extractable answer, and replies cut at the old
 budgets (the first B tokens of a longer reply, which is what a budget of B wrote). Each row
 carries its item's gold fields and the answer key and score it had when it was saved.
@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from asd_core.analysis.generation_summaries import summary_table
+from asd_core.data.scoring import answers_agree, score_item
 from asd_core.data.tasks import Item
-from asd_core.datagen import summary_table
-from asd_core.eval.metrics import answers_agree, score_item
 
 FIXTURE = Path(__file__).parent / "fixtures" / "real_outputs.jsonl"
 MODELS = ("smollm2-135m", "qwen-coder-0.5b", "qwen-coder-1.5b")

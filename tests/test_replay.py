@@ -7,17 +7,23 @@ decodes only the tokens after the accepted prefix.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from asd_core import adaptive, policies, stats, stopping
-from asd_core.bench_features import synthetic_frame
+from asd_core.analysis import summaries
 from asd_core.data.splits import fold_of
-from asd_core.errors import AsdError
-from asd_core.eval import replay, runner
-from asd_core.features import FeatureSet, StageView
-from asd_core.predictor import TrainConfig, train_predictor
+from asd_core.decoding import protocol
+from asd_core.ground import belief
+from asd_core.ground.errors import AsdError
+from asd_core.learning.ensemble import TrainConfig
+from asd_core.learning.features import FeatureSet, StageView
+from asd_core.learning.predictor import train_predictor
+from asd_core.policy import adaptive, baselines, costs, fitting
+from asd_core.runs import eval_settings, evaluate, folds, methods, replay
+from benchmarks.features import synthetic_frame
 
 K = 3
 SPLITS = ("train", "calibration", "test")
@@ -58,16 +64,16 @@ def gens() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def model(gens: pd.DataFrame) -> adaptive.PolicyModel:
+def model(gens: pd.DataFrame) -> fitting.PolicyModel:
     train, calib = (gens[gens["split"] == s] for s in ("train", "calibration"))
     cfg = TrainConfig(max_epochs=15, patience=3, n_members=2)
     pred = train_predictor(train, calib, FeatureSet(K), "answer", cfg, seed=1)
-    return adaptive.fit_policy_model(pred, train, calib, adaptive.RiskSettings(), n_bins=5)
+    return fitting.fit_policy_model(pred, train, calib, fitting.RiskSettings(), n_bins=5)
 
 
-def observer_of(model: adaptive.PolicyModel, df: pd.DataFrame) -> adaptive.CachedObserver:
+def observer_of(model: fitting.PolicyModel, df: pd.DataFrame) -> adaptive.CachedObserver:
     data = replay.ReplayData.from_frame(df, K, "answer")
-    pred = adaptive.predictions(model.predictor, df, K)
+    pred = fitting.predictions(model.predictor, df, K)
     return adaptive.CachedObserver(pred, data.n_in[:, 0], data.n_out)
 
 
@@ -77,18 +83,18 @@ def test_replay_data_and_fixed_strategies(gens: pd.DataFrame) -> None:
     assert data.scratch_s.shape == (data.n, K) and data.escalate_s.shape == (data.n, K, K)
     assert np.isnan(data.escalate_s[:, 1, 0]).all() and (data.escalate_s[:, 0, 2] > 0).all()
     for k in range(K):
-        r = replay.simulate(data, policies.StageAlone(k, K))
+        r = replay.simulate(data, baselines.StageAlone(k, K))
         np.testing.assert_allclose(r.cost_s, data.scratch_s[:, k])
         np.testing.assert_array_equal(r.quality, data.quality[:, k])
-    cheapest = policies.cheapest_acceptable(data.label).tolist()
+    cheapest = baselines.cheapest_acceptable(data.label).tolist()
     labels = dict(zip(data.item_ids, cheapest, strict=True))
-    router = replay.simulate(data, policies.OracleRouter(labels, K))
-    cascade = replay.simulate(data, policies.OracleCascade(labels, K))
+    router = replay.simulate(data, baselines.OracleRouter(labels, K))
+    cascade = replay.simulate(data, baselines.OracleCascade(labels, K))
     np.testing.assert_array_equal(router.depth, cascade.depth)
     np.testing.assert_allclose(router.cost_s, data.scratch_s[np.arange(data.n), router.depth])
     assert all(p == tuple(range(d + 1)) for p, d in zip(cascade.paths, cascade.depth, strict=True))
     # a cascade's cost is the first stage plus each continuation
-    two = replay.simulate(data, policies.FixedDepth(2, K, start=1))
+    two = replay.simulate(data, baselines.FixedDepth(2, K, start=1))
     np.testing.assert_allclose(two.cost_s, data.scratch_s[:, 1] + data.escalate_s[:, 1, 2])
 
 
@@ -100,7 +106,7 @@ def test_a_restart_costs_the_deeper_stage_from_scratch(gens: pd.DataFrame) -> No
             return [0] * len(requests)
 
         def next_stage(self, stage, paths):
-            return [policies.Move(2, True) if stage == 0 else None for _ in paths]
+            return [protocol.Move(2, True) if stage == 0 else None for _ in paths]
 
     data = replay.ReplayData.from_frame(gens[gens["split"] == "test"], K, "answer")
     r = replay.simulate(data, Restart())
@@ -110,7 +116,7 @@ def test_a_restart_costs_the_deeper_stage_from_scratch(gens: pd.DataFrame) -> No
 
 def test_random_mixing_draws_the_same_inputs_in_replay_and_online(gens: pd.DataFrame) -> None:
     data = replay.ReplayData.from_frame(gens[gens["split"] == "test"], K, "answer")
-    mix = policies.RandomMixing([0.5, 0.0, 0.5], seed=3)
+    mix = baselines.RandomMixing([0.5, 0.0, 0.5], seed=3)
     replayed = replay.simulate(data, mix)
     online = mix.entry([replay.ReplayInput(i, "qa") for i in data.item_ids])
     np.testing.assert_array_equal(replayed.depth, online)
@@ -119,14 +125,14 @@ def test_random_mixing_draws_the_same_inputs_in_replay_and_online(gens: pd.DataF
 
 def test_escalation_cost_counts_verify_and_unaccepted_tokens(gens: pd.DataFrame) -> None:
     test = gens[gens["split"] == "test"].sort_values(["item_id", "stage"])
-    _, esc = adaptive.per_input_costs(test, K)
+    _, esc = costs.per_input_costs(test, K)
     first = test[test["item_id"] == test["item_id"].iloc[0]].reset_index(drop=True)
     rate = (first.latency_s[2] - first.prefill_s[2]) / max(first.n_out[2] - 1, 1)
     todo = max(first.n_out[2] - first.accepted_by[0][2], 0)
     assert esc[0, 0, 2] == pytest.approx(first.verify_s_by[0][2] + todo * rate)
 
 
-def test_dp_policy_limits_in_lambda(gens: pd.DataFrame, model: adaptive.PolicyModel) -> None:
+def test_dp_policy_limits_in_lambda(gens: pd.DataFrame, model: fitting.PolicyModel) -> None:
     test = gens[gens["split"] == "test"]
     data = replay.ReplayData.from_frame(test, K, "answer")
     obs = observer_of(model, test)
@@ -138,7 +144,7 @@ def test_dp_policy_limits_in_lambda(gens: pd.DataFrame, model: adaptive.PolicyMo
 
 
 def test_adaptive_policy_decides_from_live_features_like_its_replay(
-    gens: pd.DataFrame, model: adaptive.PolicyModel
+    gens: pd.DataFrame, model: fitting.PolicyModel
 ) -> None:
     """Features of each output computed one at a time (as online) and the cached predictions
     give the same decisions at every λ."""
@@ -155,7 +161,7 @@ def test_adaptive_policy_decides_from_live_features_like_its_replay(
             out = []
             for t in paths:
                 r = dict(rows[t.request.item_id, stage])
-                if policies.view_of(t.runs[-1]) != stopping.SEQUENTIAL:
+                if protocol.view_of(t.runs[-1]) != belief.SEQUENTIAL:
                     r["accepted_frac_prev"] = np.nan
                 out.append(model.predictor.predict_view(StageView.from_row(r)))
             mean, var = zip(*out, strict=True)
@@ -175,7 +181,7 @@ def test_adaptive_policy_decides_from_live_features_like_its_replay(
 
 
 def test_per_input_costs_track_lengths_and_limits(
-    gens: pd.DataFrame, model: adaptive.PolicyModel
+    gens: pd.DataFrame, model: fitting.PolicyModel
 ) -> None:
     ic = model.input_costs
     assert ic is not None
@@ -188,7 +194,7 @@ def test_per_input_costs_track_lengths_and_limits(
     assert (dear.depth == K - 1).all()
 
 
-def test_decision_overhead_and_cost_table(gens: pd.DataFrame, model: adaptive.PolicyModel) -> None:
+def test_decision_overhead_and_cost_table(gens: pd.DataFrame, model: fitting.PolicyModel) -> None:
     test = gens[gens["split"] == "test"].head(30)
     over = adaptive.decision_overhead(model, 1.0, test, repeats=1)
     assert list(over["step"])[-1] == "total per decision" and (over["median_us"] > 0).all()
@@ -209,14 +215,14 @@ def test_evaluate_produces_every_method_and_summarises(
         seen.append((set(train["item_id"]), set(cal["item_id"])))
         return train_predictor(train, cal, *args, **kw)
 
-    monkeypatch.setattr(runner, "train_predictor", recording)
-    settings = runner.EvalSettings(
+    monkeypatch.setattr(folds, "train_predictor", recording)
+    settings = eval_settings.EvalSettings(
         lambdas=(0.1, 10.0),
         seeds=(1, 2),
         train=TrainConfig(max_epochs=10, patience=3, n_members=2),
         folds=3,
     )
-    results, info = runner.evaluate(gens, settings, K, progress=False)
+    results, info = evaluate.evaluate(gens, settings, K, progress=False)
     n_items = gens["item_id"].nunique()
     methods = set(results["method"])
     expected = {"stage_0", "stage_2", "oracle_router", "oracle_cascade", "oracle_router_quality",
@@ -233,26 +239,30 @@ def test_evaluate_produces_every_method_and_summarises(
         ["count", "nunique"]
     )
     assert (per["count"] == n_items).all() and (per["nunique"] == n_items).all()
-    folds = results.drop_duplicates("item_id").set_index("item_id")["fold"]
-    assert all(folds[i] == fold_of(i, 3) for i in folds.index)
+    fold_by_item = results.drop_duplicates("item_id").set_index("item_id")["fold"]
+    assert all(fold_by_item[i] == fold_of(i, 3) for i in fold_by_item.index)
     # ... and evaluated by predictors that never saw it (two seeds per fold, folds in order)
     assert len(seen) == 3 * 2
     for call, (train_ids, cal_ids) in enumerate(seen):
-        held_out = set(folds.index[folds == call // 2])
+        held_out = set(fold_by_item.index[fold_by_item == call // 2])
         assert held_out and not held_out & (train_ids | cal_ids)
         assert cal_ids and not cal_ids & train_ids
     assert (results["cost"] > 0).all() and results["quality"].between(0, 1).all()
-    summary = stats.summarise(results, reference="stage_2", n_resamples=200, ci_method="percentile")
+    summary = summaries.summarise(
+        results, reference="stage_2", n_resamples=200, ci_method="percentile"
+    )
     assert {"speedup", "retention"} <= set(summary.columns)
 
 
 def test_evaluate_refuses_missing_calibration_rows_and_empty_folds(gens: pd.DataFrame) -> None:
     no_cal = gens[gens["split"] != "calibration"]
     with pytest.raises(AsdError, match="no 'calibration' rows"):
-        runner.evaluate(no_cal, runner.EvalSettings((1.0,), (1,)), K, progress=False)
+        evaluate.evaluate(no_cal, eval_settings.EvalSettings((1.0,), (1,)), K, progress=False)
     one_item = gens[gens["item_id"] == gens["item_id"].iloc[0]]
     with pytest.raises(AsdError, match="eval_folds: fold"):
-        runner.evaluate(one_item, runner.EvalSettings((1.0,), (1,), folds=2), K, progress=False)
+        evaluate.evaluate(
+            one_item, eval_settings.EvalSettings((1.0,), (1,), folds=2), K, progress=False
+        )
 
 
 # -- costs from the fitted cost model ------------------------------------------------------------
@@ -271,50 +281,50 @@ def cost_table(names: list[str]) -> pd.DataFrame:
 
 def test_model_costs_follow_the_fitted_coefficients(gens: pd.DataFrame) -> None:
     names = ["s0", "s1", "s2"]
-    df = adaptive.with_model_costs(gens, cost_table(names), names)
+    df = costs.with_model_costs(gens, cost_table(names), names)
     row = df[(df["stage"] == 1)].iloc[0]
     assert row["model_latency_s"] == pytest.approx(0.02 + 0.002 * row["n_in"] + 0.02 * row["n_out"])
     assert row["model_decode_s"] == pytest.approx(0.02)
     own_in = df[(df["item_id"] == row["item_id"]) & (df["stage"] == 2)]["n_in"].item()
-    scored = adaptive.scored_tokens(
+    scored = costs.scored_tokens(
         np.array([row["drafted_by"][2]]), np.array([row["accepted_by"][2]])
     )
     assert row["model_verify_s_by"][2] == pytest.approx(0.02 + 0.004 * (own_in + scored[0]))
     assert np.isnan(row["model_verify_s_by"][:2]).all()  # stages 0 and 1 do not verify stage 1
-    scratch, esc = adaptive.per_input_costs(df, K, "model")
+    scratch, esc = costs.per_input_costs(df, K, "model")
     assert scratch[0, 1] == pytest.approx(row["model_latency_s"])
     assert (esc[:, 0, 2] >= 0.02).all()
     with pytest.raises(AsdError, match="no row for stage 's9'"):
-        adaptive.with_model_costs(gens, cost_table(names), ["s0", "s1", "s9"])
+        costs.with_model_costs(gens, cost_table(names), ["s0", "s1", "s9"])
     with pytest.raises(AsdError, match="with_model_costs"):
-        adaptive.per_input_costs(gens, K, "model")
+        costs.per_input_costs(gens, K, "model")
 
 
 def test_scored_tokens_stop_at_the_block_of_the_first_mismatch() -> None:
     drafted = np.array([100, 100, 100, 10, 0])
     accepted = np.array([0, 31, 32, 10, 0])
     # rows 0..31 hold the last prompt token and 31 draft tokens; all accepted: the whole draft
-    assert adaptive.scored_tokens(drafted, accepted).tolist() == [31, 31, 63, 10, 0]
+    assert costs.scored_tokens(drafted, accepted).tolist() == [31, 31, 63, 10, 0]
 
 
 def test_cost_model_check_scores_the_solo_rows(gens: pd.DataFrame, tmp_path) -> None:
     names = ["s0", "s1", "s2"]
     path = tmp_path / "cost_model.csv"
     cost_table(names).to_csv(path, index=False)
-    df = adaptive.costed(gens, "model", path, names)
+    df = costs.costed(gens, "model", path, names)
     df["gen_batch"] = np.where(df.index % 2 == 0, 1, 8)
     df["latency_s"] = df["model_latency_s"] * 1.1  # measured 10% above the model, exactly
     df["verify_s_by"] = df["model_verify_s_by"]
-    check = adaptive.cost_model_check(df, names)
+    check = costs.cost_model_check(df, names)
     assert list(check["kind"]) == ["generation"] * 3 + ["verification"] * 2
     gen = check[check["kind"] == "generation"]
     assert (gen["median_abs_rel_err"] - 0.1 / 1.1).abs().max() < 1e-9
     ver = check[check["kind"] == "verification"]
     assert (ver["r2"] == 1.0).all() and (ver["median_abs_rel_err"] == 0).all()
     assert check["n"].sum() > 0 and (check["n"] <= (df["gen_batch"] == 1).sum()).all()
-    assert adaptive.costed(gens, "measured", path, names) is gens
+    assert costs.costed(gens, "measured", path, names) is gens
     with pytest.raises(AsdError, match="run notebook 01"):
-        adaptive.costed(gens, "model", tmp_path / "missing.csv", names)
+        costs.costed(gens, "model", tmp_path / "missing.csv", names)
 
 
 def test_pool_prompts_train_every_fold_and_are_never_evaluated(
@@ -329,14 +339,14 @@ def test_pool_prompts_train_every_fold_and_are_never_evaluated(
         seen.append(set(train["item_id"]))
         return train_predictor(train, cal, *args, **kw)
 
-    monkeypatch.setattr(runner, "train_predictor", recording)
-    settings = runner.EvalSettings(
+    monkeypatch.setattr(folds, "train_predictor", recording)
+    settings = eval_settings.EvalSettings(
         lambdas=(1.0,),
         seeds=(1,),
         train=TrainConfig(max_epochs=5, patience=2, n_members=1),
         folds=2,
     )
-    results, _ = runner.evaluate(with_pool, settings, K, progress=False)
+    results, _ = evaluate.evaluate(with_pool, settings, K, progress=False)
     pool_ids = set(renamed.values())
     assert not pool_ids & set(results["item_id"])
     assert results["item_id"].nunique() == gens["item_id"].nunique() - len(pool_ids)
@@ -344,9 +354,9 @@ def test_pool_prompts_train_every_fold_and_are_never_evaluated(
 
 
 def test_online_check_runs_only_where_the_policy_is_not_constant(
-    gens: pd.DataFrame, model: adaptive.PolicyModel
+    gens: pd.DataFrame, model: fitting.PolicyModel
 ) -> None:
-    from asd_core.eval import online
+    from asd_core.runs import online
 
     test = gens[gens["split"] == "test"]
     data = replay.ReplayData.from_frame(test, K, "answer")
@@ -370,7 +380,7 @@ def test_a_budget_missing_in_one_fold_is_missing_for_the_whole_seed() -> None:
         }
     )
     missing = [{"method": "router", "budget": 0.3, "fold": 1, "seed": 1}]
-    kept = runner._drop_partial_points(results, missing)
+    kept = evaluate._drop_partial_points(results, missing)
     assert list(zip(kept["method"], kept["lam"], kept["seed"], strict=True)) == [
         ("router", 0.3, 2),
         ("router", 0.6, 1),
@@ -381,7 +391,7 @@ def test_a_budget_missing_in_one_fold_is_missing_for_the_whole_seed() -> None:
 
 
 def test_decision_table_covers_every_reached_state_and_the_entry(
-    model: adaptive.PolicyModel,
+    model: fitting.PolicyModel,
 ) -> None:
     table = adaptive.decision_table(model, [0.1, 3.0], ["a", "b", "c"])
     states = table[table["stage"] != "entry"]
@@ -392,3 +402,40 @@ def test_decision_table_covers_every_reached_state_and_the_entry(
                                      "restart → c"}  # fmt: skip
     entry = table[table["stage"] == "entry"]
     assert (entry.groupby("lam")["n_held_out"].sum() == model.held_out.n).all()
+
+
+def test_saved_fold_predictors_give_the_same_results_and_refuse_other_settings(
+    gens: pd.DataFrame, tmp_path
+) -> None:
+    """Notebook 03's saved predictors reproduce 04's own training; a mismatch names the key."""
+    cfg = TrainConfig(max_epochs=4, patience=2, n_members=1)
+    settings = eval_settings.EvalSettings(
+        (1.0,), (1,), train=cfg, folds=2, dense_lambdas=0, methods=("stages", "dp")
+    )
+    folder = folds.train_fold_predictors(gens, settings, K, tmp_path / "folds", progress=False)
+    loaded = folds.load_fold_predictors(folder, gens, settings, K)
+    assert set(loaded) == {(0, 1), (1, 1), (None, 1)}
+    own, _ = evaluate.evaluate(gens, settings, K, progress=False)
+    saved, _ = evaluate.evaluate(gens, settings, K, progress=False, predictors=loaded)
+    pd.testing.assert_frame_equal(own, saved)
+    for other, key in (
+        (dataclasses.replace(settings, seeds=(2,)), "seeds"),
+        (dataclasses.replace(settings, folds=3), "folds"),
+        (dataclasses.replace(settings, label_mode="token"), "label_mode"),
+        (dataclasses.replace(settings, train=dataclasses.replace(cfg, lr=0.01)), "train"),
+    ):
+        with pytest.raises(AsdError, match=f"key '{key}'"):
+            folds.load_fold_predictors(folder, gens, other, K)
+    with pytest.raises(AsdError, match="key 'items'"):
+        folds.load_fold_predictors(
+            folder, gens[gens["item_id"] != gens["item_id"].iloc[0]], settings, K
+        )
+    with pytest.raises(AsdError, match="run notebook 03 first"):
+        folds.load_fold_predictors(tmp_path / "nothing", gens, settings, K)
+
+
+def test_methods_are_looked_up_by_name() -> None:
+    assert list(methods.METHODS)[:2] == ["stages", "oracles"]
+    assert [m.name for m in methods.selected(("dp", "stages"))] == ["stages", "dp"]
+    with pytest.raises(AsdError, match="evaluation method 'bogus' is unknown"):
+        methods.selected(("bogus",))

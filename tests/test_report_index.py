@@ -1,5 +1,5 @@
-"""The static report index (asd_core.report_index) and its headless-browser check
-(asd_core.browser_check)."""
+"""The static report index (asd_core.reporting.index) and its headless-browser check
+(benchmarks.browser_check)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from asd_core import browser_check, report_index  # noqa: E402
-from asd_core.errors import AsdError  # noqa: E402
-from asd_core.eval.plots import write_csv_and_html  # noqa: E402
-from asd_core.reporting import atomic_write_text, save_figure, write_table  # noqa: E402
+from asd_core.analysis.tables import write_csv_and_html  # noqa: E402
+from asd_core.ground.errors import AsdError  # noqa: E402
+from asd_core.ground.files import atomic_write_text  # noqa: E402
+from asd_core.ground.provenance import save_figure, write_table
+from asd_core.reporting import index
+from benchmarks import browser_check  # noqa: E402
 
 PROV = {
     "git_commit": "0123456789abcdef0123",
@@ -113,7 +115,7 @@ def reports(tmp_path: Path) -> Path:
 
 
 def test_index_links_every_artifact_relatively(reports: Path) -> None:
-    page = report_index.build_index(reports)
+    page = index.build_index(reports)
     assert page == (reports / "index.html").resolve()
     links = _links(page)
     targets = {unquote(h) for h in links.hrefs} | {unquote(s) for s in links.imgs}
@@ -143,7 +145,7 @@ def test_index_links_every_artifact_relatively(reports: Path) -> None:
 
 
 def test_index_shows_provenance_and_inlines_the_headline(reports: Path) -> None:
-    text = report_index.build_index(reports).read_text()
+    text = index.build_index(reports).read_text()
     assert "commit <code>0123456789</code>" in text
     assert "params <code>feedbeef12345678</code>" in text
     assert "profile smoke" in text and "profile cpu" in text
@@ -165,7 +167,7 @@ def test_index_shows_provenance_and_inlines_the_headline(reports: Path) -> None:
 
 def test_index_to_another_place_and_cli(reports: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "site" / "index.html"
-    report_index.main(["--reports", str(reports), "--out", str(out)])
+    index.main(["--reports", str(reports), "--out", str(out)])
     assert f"wrote {out.resolve()}" in capsys.readouterr().out
     for link in _links(out).imgs:
         assert (out.parent / unquote(link)).is_file()
@@ -173,32 +175,32 @@ def test_index_to_another_place_and_cli(reports: Path, tmp_path: Path, capsys) -
 
 
 def test_missing_folder_is_one_clear_error(tmp_path: Path, capsys) -> None:
-    with pytest.raises(report_index.ReportIndexError, match=r"^reports folder '.*nope' not found$"):
-        report_index.build_index(tmp_path / "nope")
+    with pytest.raises(index.ReportIndexError, match=r"^reports folder '.*nope' not found$"):
+        index.build_index(tmp_path / "nope")
     with pytest.raises(AsdError, match="runs folder"):
-        report_index.build_index(tmp_path, runs_dir=tmp_path / "absent")
+        index.build_index(tmp_path, runs_dir=tmp_path / "absent")
     with pytest.raises(SystemExit) as exit_info:
-        report_index.main(["--reports", str(tmp_path / "nope")])
+        index.main(["--reports", str(tmp_path / "nope")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reports folder" in err[0]
 
 
 def test_empty_reports_folder_gives_a_page_that_says_so(tmp_path: Path) -> None:
-    text = report_index.build_index(tmp_path).read_text()
+    text = index.build_index(tmp_path).read_text()
     assert "No figures, tables or executed notebooks yet" in text
 
 
 def test_index_is_written_atomically(reports: Path, monkeypatch) -> None:
-    page = report_index.build_index(reports)
+    page = index.build_index(reports)
     before = page.read_text()
 
     def boom(*_a, **_k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report_index, "render", boom)
+    monkeypatch.setattr(index, "render", boom)
     with pytest.raises(RuntimeError):
-        report_index.build_index(reports)
+        index.build_index(reports)
     assert page.read_text() == before
     assert not [p for p in page.parent.iterdir() if p.name.startswith(".index.html")]
 
@@ -231,7 +233,7 @@ def test_problems_name_broken_images_and_missing_tables() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_index_renders_in_headless_chromium(reports: Path, tmp_path: Path, capsys) -> None:
-    page = report_index.build_index(reports)
+    page = index.build_index(reports)
     shots = tmp_path / "shots"
     check = browser_check.check_page(page, shots)
     assert check.ok and check.images == 4 and check.tables >= 3, check

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import time
+import types
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from asd_core import config, dependencies, reporting
+from asd_core.ground import config, dependencies, files, provenance
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = [REPO / "params" / "base.yaml", REPO / "params" / "smoke.yaml"]
@@ -29,15 +32,15 @@ def _head() -> str | None:
 
 
 def test_repo_path_anchors_relative_paths_at_the_repo_root(tmp_path: Path) -> None:
-    assert reporting.REPO_ROOT == REPO
-    assert (reporting.REPO_ROOT / "pyproject.toml").is_file()
-    assert reporting.repo_path("reports/tables") == REPO / "reports" / "tables"
-    assert reporting.repo_path(tmp_path) == tmp_path
+    assert files.REPO_ROOT == REPO
+    assert (files.REPO_ROOT / "pyproject.toml").is_file()
+    assert files.repo_path("reports/tables") == REPO / "reports" / "tables"
+    assert files.repo_path(tmp_path) == tmp_path
 
 
 def test_provenance_records_commit_digest_seed_versions_hardware() -> None:
     params = config.load(PARAMS)
-    prov = reporting.provenance(params, 7, notebook="01_profiling")
+    prov = provenance.provenance(params, 7, notebook="01_profiling")
     head = _head()
     if head:
         assert prov["git_commit"] == head
@@ -63,18 +66,18 @@ def test_provenance_records_commit_digest_seed_versions_hardware() -> None:
 def test_params_digest_of_a_dict_matches_and_is_sensitive() -> None:
     params = config.load(PARAMS)
     as_dict = {**params.model_dump(), "stages": params.stages}  # StageConfig objects inside
-    assert reporting.params_digest(as_dict) == params.digest()
-    assert reporting.params_digest({**as_dict, "seed": 1}) != params.digest()
+    assert provenance.params_digest(as_dict) == params.digest()
+    assert provenance.params_digest({**as_dict, "seed": 1}) != params.digest()
     subset = config.validate_subset(seed=0, stages=[s.model_dump() for s in params.stages])
-    assert reporting.params_digest(subset) == reporting.params_digest(dict(subset))
+    assert provenance.params_digest(subset) == provenance.params_digest(dict(subset))
 
 
 def test_provenance_tolerates_no_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(reporting, "REPO_ROOT", tmp_path)  # not a repository
-    prov = reporting.provenance({"seed": 0}, 0)
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)  # not a repository
+    prov = provenance.provenance({"seed": 0}, 0)
     assert prov["git_commit"] is None and prov["git_dirty"] is None
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable at all
-    assert reporting.provenance({"seed": 0}, 0)["git_commit"] is None
+    assert provenance.provenance({"seed": 0}, 0)["git_commit"] is None
 
 
 def test_rewritten_reports_do_not_make_the_tree_dirty(
@@ -89,22 +92,22 @@ def test_rewritten_reports_do_not_make_the_tree_dirty(
     (tmp_path / "code.py").write_text("x = 1\n")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    monkeypatch.setattr(reporting, "REPO_ROOT", tmp_path)
-    assert reporting.provenance({"seed": 0}, 0)["git_dirty"] is False
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
+    assert provenance.provenance({"seed": 0}, 0)["git_dirty"] is False
     (tmp_path / "reports" / "t.csv").write_text("a\n2\n")  # a run rewrote a committed table
     (tmp_path / "reports" / "new.png").write_bytes(b"png")
-    assert reporting.provenance({"seed": 0}, 0)["git_dirty"] is False
+    assert provenance.provenance({"seed": 0}, 0)["git_dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")  # the code is not what was committed
-    assert reporting.provenance({"seed": 0}, 0)["git_dirty"] is True
+    assert provenance.provenance({"seed": 0}, 0)["git_dirty"] is True
 
 
 def test_write_table_is_atomic_and_has_a_sidecar(tmp_path: Path) -> None:
     df = pd.DataFrame({"stage": ["a", "b"], "a_s": [0.5, 1.25]})
-    prov = reporting.provenance({"seed": 3, "profile": "smoke"}, 3)
-    path = reporting.write_table(df, tmp_path / "tables" / "cost.csv", prov)
+    prov = provenance.provenance({"seed": 3, "profile": "smoke"}, 3)
+    path = provenance.write_table(df, tmp_path / "tables" / "cost.csv", prov)
     assert sorted(p.name for p in path.parent.iterdir()) == ["cost.csv", "cost.csv.provenance.json"]
     pd.testing.assert_frame_equal(pd.read_csv(path), df)
-    side = json.loads(reporting.sidecar_path(path).read_text())
+    side = json.loads(provenance.sidecar_path(path).read_text())
     assert side["seed"] == 3
     assert side["params_digest"] == prov["params_digest"]
     assert side["git_commit"] == prov["git_commit"]
@@ -116,22 +119,22 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "x.txt"
-    reporting.atomic_write_text(target, "old\n")
+    files.atomic_write_text(target, "old\n")
 
     def broken_replace(src: str, dst: str) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        reporting.atomic_write_text(target, "new\n")
+        files.atomic_write_text(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
 def test_atomic_write_text_creates_folders_and_overwrites(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "c.txt"
-    reporting.atomic_write_text(target, "één\n")
-    reporting.atomic_write_text(target, "two\n")
+    files.atomic_write_text(target, "één\n")
+    files.atomic_write_text(target, "two\n")
     assert target.read_text(encoding="utf-8") == "two\n"
     assert [p.name for p in target.parent.iterdir()] == ["c.txt"]
 
@@ -142,7 +145,7 @@ def test_save_figure_writes_png_and_sidecar(tmp_path: Path) -> None:
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     try:
-        path = reporting.save_figure(fig, tmp_path / "fig.png", reporting.provenance({}, 11))
+        path = provenance.save_figure(fig, tmp_path / "fig.png", provenance.provenance({}, 11))
     finally:
         plt.close(fig)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -151,7 +154,7 @@ def test_save_figure_writes_png_and_sidecar(tmp_path: Path) -> None:
 
 
 def test_run_log_states_each_stages_measured_speed(tmp_path: Path) -> None:
-    from asd_core import runlog
+    from asd_core.reporting import runlog
 
     assert runlog.stage_speeds(tmp_path / "missing.csv") == []
     csv = tmp_path / "cost_model.csv"
@@ -176,7 +179,7 @@ def test_run_log_states_each_stages_measured_speed(tmp_path: Path) -> None:
 def test_a_resumed_run_keeps_the_earlier_attempts_of_the_same_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asd_core import runlog
+    from asd_core.reporting import runlog
 
     env = {"git_commit": "abc", "git_dirty": False, "params_digest": "p1", "hardware": {}}
     monkeypatch.setattr(runlog, "provenance", lambda *a, **k: dict(env))
@@ -203,3 +206,63 @@ def test_a_resumed_run_keeps_the_earlier_attempts_of_the_same_commit(
     env["git_commit"] = "def"
     runlog.write(tmp_path, "cpu", params, [usage("01", True, 5)], ["01"])
     assert json.loads((tmp_path / "run_log.json").read_text())["earlier_attempts"] == []
+
+
+class _FakeNvml:
+    """NVML's functions as pynvml exposes them, for two GPUs with fixed readings."""
+
+    def __init__(self) -> None:
+        self.shut = False
+
+    def nvmlInit(self) -> None: ...
+
+    def nvmlShutdown(self) -> None:
+        self.shut = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> object:
+        return types.SimpleNamespace(gpu=40 + 20 * h)
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> object:
+        return types.SimpleNamespace(used=(h + 1) * 2**30)
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return 100_000 * (h + 1)  # milliwatts
+
+
+def test_run_log_samples_gpus_through_nvml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from asd_core.reporting import runlog
+
+    monkeypatch.setattr(runlog, "SAMPLE_S", 0.01)
+    monkeypatch.setattr(runlog, "GPU_SERIES_S", 0.0)
+    nvml = _FakeNvml()
+    with runlog.track("nb", runlog.Gpus(nvml)) as usage:
+        time.sleep(0.2)
+    assert nvml.shut
+    assert usage.gpu_mean_util_pct == [40.0, 60.0]
+    assert usage.gpu_peak_memory_gib == [1.0, 2.0]
+    assert usage.gpu_hours == pytest.approx(usage.wall_s * 2 / 3600)
+    assert 0 < usage.gpu_energy_wh <= 300 * usage.wall_s / 3600
+    assert {s["gpu"] for s in usage.gpu_series} == {0, 1} and len(usage.gpu_series) >= 4
+    record = {"notebooks": [dataclasses.asdict(usage)]}
+    assert any(
+        "GPU 1 60% busy, peak 2.0 GiB" in line for line in runlog._gpu_lines(record["notebooks"])
+    )
+
+
+def test_no_nvml_means_no_gpus() -> None:
+    from asd_core.reporting import runlog
+
+    class Broken:
+        def nvmlInit(self) -> None:
+            raise OSError("NVML Shared Library Not Found")
+
+    assert runlog.Gpus(Broken()).read() == []
+    with runlog.track("nb", runlog.Gpus(Broken())) as usage:
+        pass
+    assert usage.gpu_hours == 0 and usage.gpu_series == [] and usage.gpu_mean_util_pct == []

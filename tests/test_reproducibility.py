@@ -11,7 +11,7 @@ import pandas as pd
 import papermill as pm
 import yaml
 
-from asd_core.runner import run_notebook
+from asd_core.reporting.notebooks import run_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["02_data_generation", "03_predictor_training", "04_evaluation", "05_analysis"]

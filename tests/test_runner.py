@@ -3,13 +3,15 @@ the previous good run."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from asd_core.errors import AsdError, ConfigError
-from asd_core.runner import run_notebook
+from asd_core.ground.errors import AsdError, ConfigError
+from asd_core.reporting import notebooks as notebooks_module
+from asd_core.reporting.notebooks import LogLines, is_complete, run_notebook
 
 
 def _notebook(folder: Path, name: str, body: str) -> None:
@@ -69,3 +71,42 @@ def test_bad_params_stop_before_running(layout, tmp_path: Path) -> None:
     assert not out.exists()
     with pytest.raises(AsdError, match="notebook not found"):
         run_notebook("missing", files, out, notebooks)
+
+
+def test_a_complete_notebook_is_recognised_and_a_change_undoes_it(layout) -> None:
+    notebooks, files, out = layout
+    _notebook(notebooks, "nb", "print('run')")
+    assert not is_complete("nb", files, out, notebooks)
+    run_notebook("nb", files, out, notebooks)
+    assert is_complete("nb", files, out, notebooks)
+    files[0].write_text(files[0].read_text().replace("seed: 7", "seed: 8"))
+    assert not is_complete("nb", files, out, notebooks)  # other parameters
+    run_notebook("nb", files, out, notebooks)
+    _notebook(notebooks, "nb", "print('changed')")
+    assert not is_complete("nb", files, out, notebooks)  # another notebook
+
+
+def test_kernel_stderr_keeps_log_lines_and_drops_progress_bars() -> None:
+    out = io.StringIO()
+    sink = LogLines(out)
+    sink.write("12:00:01 asd_core.runs.datagen: generations: 8/16 items (50%)\n")
+    sink.write("\rgenerations:  50%|#####     | 8/16\rgenerations: 100%|##########| 16/16\n")
+    sink.write("12:00:09 asd_core.runs.datagen: generations: 16/16")
+    assert out.getvalue().splitlines() == [
+        "12:00:01 asd_core.runs.datagen: generations: 8/16 items (50%)"
+    ]
+    sink.write(" items (100%)\n")
+    assert out.getvalue().splitlines()[-1].endswith("16/16 items (100%)")
+
+
+def test_a_committed_profile_refuses_a_dirty_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(notebooks_module, "dirty_files", lambda: ["asd_core/x.py"])
+    monkeypatch.delenv("ASD_ALLOW_DIRTY", raising=False)
+    with pytest.raises(AsdError, match=r"profile 'cpu': uncommitted changes .*asd_core/x\.py"):
+        notebooks_module.check_clean("cpu")
+    notebooks_module.check_clean("smoke")  # scratch results are never committed
+    monkeypatch.setenv("ASD_ALLOW_DIRTY", "1")
+    notebooks_module.check_clean("cpu")
+    monkeypatch.setattr(notebooks_module, "dirty_files", lambda: [])
+    monkeypatch.delenv("ASD_ALLOW_DIRTY")
+    notebooks_module.check_clean("cpu")

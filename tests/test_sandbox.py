@@ -1,4 +1,4 @@
-"""The code sandbox against hostile programs (DESIGN §12).
+"""The code sandbox against hostile programs (docs/design.md §13).
 
 Each hostile program exits 0 only if its attack worked, so every one must come back not passed;
 after each run the host must be intact (canary files, real home, /tmp, a listening socket, no
@@ -22,8 +22,8 @@ from string import Template
 import psutil
 import pytest
 
-from asd_core.eval import sandbox
-from asd_core.eval.sandbox import SandboxError, SandboxLimits, SandboxResult, run_python
+from asd_core.data import sandbox
+from asd_core.data.sandbox import SandboxError, SandboxLimits, SandboxResult, run_python
 
 LIMITS = SandboxLimits(
     wall_seconds=1.0,
@@ -436,7 +436,7 @@ def _forged_program(attack: str, body: str) -> str:
 
 
 def _judged(attack: str, body: str) -> tuple[bool, tuple[bool, ...]]:
-    from asd_core.eval.metrics import run_humaneval
+    from asd_core.data.code_answers import run_humaneval
 
     program = _forged_program(textwrap.dedent(attack), body)
     outcome = run_humaneval(program, FORGE_TEST, "add_all", FORGE_LIMITS)
@@ -451,7 +451,7 @@ def test_a_wrong_program_cannot_forge_its_verdict(name: str) -> None:
 
 
 def test_an_answer_that_equals_everything_is_not_believed() -> None:
-    from asd_core.eval.metrics import run_humaneval
+    from asd_core.data.code_answers import run_humaneval
 
     program = FORGED_ANSWERS["equal_to_everything"] + "\ndef add_all(xs):\n    return _Yes()\n"
     outcome = run_humaneval(program, FORGE_TEST, "add_all", FORGE_LIMITS)

@@ -1,4 +1,4 @@
-"""Tests of asd_core.stats on hand-made cases, synthetic evaluation tables and properties."""
+"""Tests of asd_core.ground.stats on hand-made cases, synthetic evaluation tables and properties."""
 
 from __future__ import annotations
 
@@ -12,28 +12,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from asd_core.errors import AsdError
-from asd_core.stats import (
-    bootstrap_ci,
+from asd_core.analysis.summaries import curve_summary, deepest_stage, headline, summarise
+from asd_core.ground.errors import AsdError
+from asd_core.ground.frontier import (
     cost_at_quality,
-    curve_summary,
-    deepest_stage,
     envelope_quality,
-    headline,
-    holm,
-    mcnemar_test,
-    mean,
     normalised_area,
     oracle_gap,
     pareto_front,
     pooled_envelope,
-    quality_retention,
-    ratio_of_means,
     saving_share,
     smallest_matching_lambda,
-    speedup,
-    summarise,
     upper_hull,
+)
+from asd_core.ground.stats import (
+    bootstrap_ci,
+    holm,
+    mcnemar_test,
+    mean,
+    quality_retention,
+    ratio_of_means,
+    speedup,
     wilcoxon_test,
 )
 

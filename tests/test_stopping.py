@@ -11,18 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from asd_core import stopping
-from asd_core.errors import AsdError
-from asd_core.stopping import (
-    DIRECT,
-    DP,
-    MYOPIC,
-    NO_RESTART,
-    SEQUENTIAL,
-    SEQUENTIAL_RULE,
-    STOP,
-    Rule,
-)
+from asd_core.ground import belief, lambda_search, stopping
+from asd_core.ground.belief import DIRECT, SEQUENTIAL
+from asd_core.ground.errors import AsdError
+from asd_core.ground.stopping import DP, MYOPIC, NO_RESTART, SEQUENTIAL_RULE, STOP, Rule
 
 TOL = 1e-9
 RULES = [DP, SEQUENTIAL_RULE, Rule(skips=False), Rule(route=False), NO_RESTART, MYOPIC]
@@ -33,8 +25,8 @@ VIEWS = (DIRECT, SEQUENTIAL)
 
 @dataclass(frozen=True)
 class Instance:
-    beliefs: stopping.BeliefModel
-    costs: stopping.Costs
+    beliefs: belief.BeliefModel
+    costs: belief.Costs
     final_is_reference: bool
 
     @property
@@ -60,13 +52,13 @@ def instances(draw, max_stages: int = 3, max_bins: int = 3, max_p: float = 1.0) 
             moves[src, :, dst] = np.nan
     pbar = draw(hnp.arrays(np.float64, (k, 2, b), elements=st.floats(0.0, max_p)))
     edges = np.tile(np.linspace(0, 1, b + 1)[1:-1], (k, 2, 1))
-    beliefs = stopping.BeliefModel(edges, pbar, moves)
+    beliefs = belief.BeliefModel(edges, pbar, moves)
     scratch = draw(hnp.arrays(np.float64, k, elements=st.floats(0.01, 2.0)))
     resume = draw(hnp.arrays(np.float64, (k, 2, k, b), elements=st.floats(0.01, 2.0)))
     for src, dst in itertools.product(range(k), repeat=2):
         if dst <= src:
             resume[src, :, dst] = np.nan
-    return Instance(beliefs, stopping.Costs(scratch, resume), draw(st.booleans()))
+    return Instance(beliefs, belief.Costs(scratch, resume), draw(st.booleans()))
 
 
 lambdas = st.floats(0.01, 100.0)
@@ -305,15 +297,15 @@ def test_restart_wins_when_continuing_costs_more_than_scratch() -> None:
     # one bin, two stages: continuing y_0 costs 1.3 of stage 1 alone, restarting 1.0
     moves = np.full((2, 2, 2, 2, 1, 1), np.nan)
     moves[0, :, 1, :] = 1.0
-    beliefs = stopping.BeliefModel(
+    beliefs = belief.BeliefModel(
         np.zeros((2, 2, 0)), np.array([[[0.0], [0.0]], [[1.0], [1.0]]]), moves
     )
     resume = np.full((2, 2, 2, 1), np.nan)
     resume[0, :, 1] = 1.3
-    costs = stopping.Costs(np.array([0.2, 1.0]), resume)
+    costs = belief.Costs(np.array([0.2, 1.0]), resume)
     table = stopping.solve(beliefs, costs, lam=5.0)
     assert stopping.decide(table, 0, DIRECT, 0) == (1, True)
-    cheap = stopping.Costs(np.array([0.2, 1.0]), np.where(np.isnan(resume), np.nan, 0.4))
+    cheap = belief.Costs(np.array([0.2, 1.0]), np.where(np.isnan(resume), np.nan, 0.4))
     assert stopping.decide(stopping.solve(beliefs, cheap, lam=5.0), 0, DIRECT, 0) == (1, False)
 
 
@@ -347,10 +339,10 @@ def synthetic(rng: np.random.Generator, n: int, n_stages: int) -> dict[str, np.n
 def realistic_instance(rng: np.random.Generator, n_stages: int, n_bins: int) -> Instance:
     """Beliefs counted from synthetic held-out data, costs increasing with depth."""
     data = synthetic(rng, 2000, n_stages)
-    beliefs = stopping.estimate_beliefs(**data, n_bins=n_bins)
+    beliefs = belief.estimate_beliefs(**data, n_bins=n_bins)
     scratch = np.geomspace(0.1, 1.0, n_stages)
     escalate = np.triu(np.tile(0.8 * scratch, (n_stages, 1)), 1)
-    return Instance(beliefs, stopping.flat_costs(scratch, escalate, n_bins), True)
+    return Instance(beliefs, belief.flat_costs(scratch, escalate, n_bins), True)
 
 
 def test_decide_looks_up_the_table() -> None:
@@ -380,7 +372,7 @@ def entry_world(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     return {"labels": labels, "p": p, "head": head, "good_at_1": good_at_1}
 
 
-def held_out_of(world: dict, beliefs: stopping.BeliefModel, scratch, resume) -> stopping.HeldOut:
+def held_out_of(world: dict, beliefs: belief.BeliefModel, scratch, resume) -> stopping.HeldOut:
     n = len(world["labels"])
     bins = np.stack([beliefs.bins(world["p"], v) for v in VIEWS])
     return stopping.HeldOut(
@@ -398,9 +390,9 @@ def test_informed_entry_routes_by_each_stages_own_prediction() -> None:
     # stage 0 would have forgotten.
     rng = np.random.default_rng(5)
     world = entry_world(rng, 2000)
-    beliefs = stopping.estimate_beliefs(world["p"], world["p"], world["labels"], n_bins=4)
+    beliefs = belief.estimate_beliefs(world["p"], world["p"], world["labels"], n_bins=4)
     scratch, resume = np.array([0.1, 0.3, 1.0]), np.full((3, 3), 0.95)
-    costs = stopping.flat_costs(scratch, resume, 4)
+    costs = belief.flat_costs(scratch, resume, 4)
     held = held_out_of(world, beliefs, scratch, resume)
     table = stopping.solve(beliefs, costs, lam=2.0)
     cost, loss = stopping.entry_outcomes(table, held)
@@ -420,10 +412,10 @@ def test_entry_outcomes_walk_each_inputs_own_record() -> None:
     # costs scratch_0 + resume_01 and returns stage 1's output
     moves = np.full((2, 2, 2, 2, 1, 1), np.nan)
     moves[0, :, 1, :] = 1.0
-    beliefs = stopping.BeliefModel(np.zeros((2, 2, 0)), np.full((2, 2, 1), 0.5), moves)
+    beliefs = belief.BeliefModel(np.zeros((2, 2, 0)), np.full((2, 2, 1), 0.5), moves)
     resume = np.full((2, 2, 2, 1), np.nan)
     resume[0, :, 1] = 0.1
-    table = stopping.solve(beliefs, stopping.Costs(np.array([0.2, 1.0]), resume), lam=10.0)
+    table = stopping.solve(beliefs, belief.Costs(np.array([0.2, 1.0]), resume), lam=10.0)
     assert stopping.decide(table, 0, DIRECT, 0) == (1, False)
     held = stopping.HeldOut(
         head=np.array([[0.5, 0.5], [0.1, 0.9]]),
@@ -459,21 +451,21 @@ def test_entry_outcomes_walk_each_inputs_own_record() -> None:
 
 def test_quantile_edges_split_evenly_and_merge_ties() -> None:
     p = np.linspace(0.0, 1.0, 101)
-    edges = stopping.quantile_edges(p, 4)
+    edges = belief.quantile_edges(p, 4)
     np.testing.assert_allclose(edges, [0.25, 0.5, 0.75])
-    np.testing.assert_array_equal(np.bincount(stopping.to_bins(p, edges)), [25, 25, 25, 26])
+    np.testing.assert_array_equal(np.bincount(belief.to_bins(p, edges)), [25, 25, 25, 26])
     tied = np.array([0.2] * 8 + [0.9, 0.95])
-    edges = stopping.quantile_edges(tied, 5)
+    edges = belief.quantile_edges(tied, 5)
     assert np.isinf(edges).sum() >= 2  # ties cannot be split: fewer real bins
-    bins = stopping.to_bins(tied, edges)
+    bins = belief.to_bins(tied, edges)
     assert bins[:8].tolist() == [0] * 8 and len(set(bins)) == len(edges[np.isfinite(edges)]) + 1
-    assert np.all(stopping.quantile_edges(np.full(5, 0.4), 3) == np.inf)
+    assert np.all(belief.quantile_edges(np.full(5, 0.4), 3) == np.inf)
 
 
 def test_estimate_beliefs_counts_on_held_out_rows_and_smooths_to_the_marginal() -> None:
     rng = np.random.default_rng(3)
     data = synthetic(rng, 3000, 3)
-    raw = stopping.estimate_beliefs(**data, n_bins=5, smoothing=0.0)
+    raw = belief.estimate_beliefs(**data, n_bins=5, smoothing=0.0)
     # bin values are the labels' rates per bin: rising with the belief
     for k in range(2):
         for v in VIEWS:
@@ -488,7 +480,7 @@ def test_estimate_beliefs_counts_on_held_out_rows_and_smooths_to_the_marginal() 
     assert np.allclose(raw.moves[0, DIRECT, 2, DIRECT].sum(-1), 1.0)
     # smoothing pulls a row towards the target's marginal, never towards uniform
     few = {key: value[:30] for key, value in data.items()}
-    smooth = stopping.estimate_beliefs(**few, n_bins=5, smoothing=1000.0)
+    smooth = belief.estimate_beliefs(**few, n_bins=5, smoothing=1000.0)
     target = smooth.bins(few["direct"], DIRECT)[:, 2]
     marginal = np.bincount(target, minlength=5) / 30
     np.testing.assert_allclose(
@@ -508,10 +500,10 @@ def test_estimate_costs_average_continuing_per_belief_bin() -> None:
     escalate = np.full((4, 2, 2), np.nan)
     escalate[:, 0, 1] = [0.5, 1.5, 0.5, 3.5]
     bins = [np.array([[0, 0], [1, 0], [0, 0], [1, 0]])] * 2
-    costs = stopping.estimate_costs(scratch, escalate, bins, n_bins=2, smoothing=0.0)
+    costs = belief.estimate_costs(scratch, escalate, bins, n_bins=2, smoothing=0.0)
     np.testing.assert_allclose(costs.scratch, [1 / 3, 1.0])  # unit: mean of the deepest, 3 s
     np.testing.assert_allclose(costs.resume[0, DIRECT, 1], [0.5 / 3, 2.5 / 3])
-    flat = stopping.flat_costs([0.5, 1.0, 2.0], [[9, 0.6, 1.6], [9, 9, 1.2], [9, 9, 9]], 3)
+    flat = belief.flat_costs([0.5, 1.0, 2.0], [[9, 0.6, 1.6], [9, 9, 1.2], [9, 9, 9]], 3)
     np.testing.assert_allclose(flat.scratch, [0.25, 0.5, 1.0])
     np.testing.assert_allclose(flat.resume[0, SEQUENTIAL, 2], [0.8] * 3)
     assert np.isnan(flat.resume[1, DIRECT, 0]).all()
@@ -521,11 +513,11 @@ def test_breakpoints_find_every_change_and_dense_lambdas_cover_them() -> None:
     inst = realistic_instance(np.random.default_rng(4), n_stages=3, n_bins=6)
 
     def sig(lam: float) -> bytes:
-        return stopping.signature(solve(inst, lam))
+        return lambda_search.signature(solve(inst, lam))
 
-    changes = stopping.breakpoints(sig, 0.01, 100.0)
+    changes = lambda_search.breakpoints(sig, 0.01, 100.0)
     assert len(changes) >= 3
-    grid = stopping.dense_lambdas(changes, 0.01, 100.0, at_least=30, extra=[1.0, 5.0])
+    grid = lambda_search.dense_lambdas(changes, 0.01, 100.0, at_least=30, extra=[1.0, 5.0])
     assert len(grid) >= 30 and {1.0, 5.0} <= set(grid)
     # every constant piece holds a grid point, and the policy really changes at each break
     ends = [0.01, *changes, 100.0]
@@ -556,55 +548,53 @@ BAD_CALLS = {
         "'lam'",
     ),
     "costs for other bins": (
-        lambda i: stopping.solve(
-            i.beliefs, stopping.flat_costs([1, 2, 3], np.ones((3, 3)), 5), 1.0
-        ),
+        lambda i: stopping.solve(i.beliefs, belief.flat_costs([1, 2, 3], np.ones((3, 3)), 5), 1.0),
         "'costs'",
     ),
     "pbar above 1": (
-        lambda i: stopping.BeliefModel(i.beliefs.edges, i.beliefs.pbar + 1.0, i.beliefs.moves),
+        lambda i: belief.BeliefModel(i.beliefs.edges, i.beliefs.pbar + 1.0, i.beliefs.moves),
         "'pbar'",
     ),
     "moves shape": (
-        lambda i: stopping.BeliefModel(i.beliefs.edges, i.beliefs.pbar, i.beliefs.moves[:2]),
+        lambda i: belief.BeliefModel(i.beliefs.edges, i.beliefs.pbar, i.beliefs.moves[:2]),
         "'moves'",
     ),
     "moves not stochastic": (
-        lambda i: stopping.BeliefModel(i.beliefs.edges, i.beliefs.pbar, i.beliefs.moves * 0.5),
+        lambda i: belief.BeliefModel(i.beliefs.edges, i.beliefs.pbar, i.beliefs.moves * 0.5),
         "'moves'",
     ),
     "moves negative": (
-        lambda i: stopping.BeliefModel(i.beliefs.edges, i.beliefs.pbar, -i.beliefs.moves),
+        lambda i: belief.BeliefModel(i.beliefs.edges, i.beliefs.pbar, -i.beliefs.moves),
         "'moves'",
     ),
     "resume negative": (
-        lambda i: stopping.Costs(i.costs.scratch, i.costs.resume - 5.0),
+        lambda i: belief.Costs(i.costs.scratch, i.costs.resume - 5.0),
         "'resume'",
     ),
-    "resume shape": (lambda i: stopping.Costs(i.costs.scratch, i.costs.resume[:2]), "'resume'"),
-    "scratch zero unit": (lambda i: stopping.flat_costs([1.0, 0.0], np.ones((2, 2)), 2), "deepest"),
-    "escalate shape": (lambda i: stopping.flat_costs([0.1, 1.0], [[0, 1]], 2), "'escalate_s'"),
-    "mean above 1": (lambda i: stopping.risk_adjust(1.5, 0.01, 0.5, 1.0), "'mean'"),
-    "mean nan": (lambda i: stopping.risk_adjust(float("nan"), 0.01, 0.5, 1.0), "'mean'"),
-    "prior below 0": (lambda i: stopping.risk_adjust(0.5, 0.01, -0.1, 1.0), "'prior_mean'"),
-    "var negative": (lambda i: stopping.risk_adjust(0.5, -0.01, 0.5, 1.0), "'var'"),
-    "alpha negative": (lambda i: stopping.risk_adjust(0.5, 0.01, 0.5, -1.0), "'alpha'"),
-    "beta above half": (lambda i: stopping.risk_adjust(0.5, 0.01, 0.5, 1.0, 0.9), "'beta'"),
-    "beta zero": (lambda i: stopping.risk_adjust(0.5, 0.01, 0.5, 1.0, 0.0), "'beta'"),
-    "n_max below 1": (lambda i: stopping.risk_adjust(0.5, 0.01, 0.5, 1.0, n_max=0.5), "'n_max'"),
-    "p outside": (lambda i: stopping.quantile_edges([0.2, 1.2], 3), "'p'"),
-    "p empty": (lambda i: stopping.quantile_edges([], 3), "'p'"),
-    "n_bins zero": (lambda i: stopping.quantile_edges([0.2], 0), "'n_bins'"),
+    "resume shape": (lambda i: belief.Costs(i.costs.scratch, i.costs.resume[:2]), "'resume'"),
+    "scratch zero unit": (lambda i: belief.flat_costs([1.0, 0.0], np.ones((2, 2)), 2), "deepest"),
+    "escalate shape": (lambda i: belief.flat_costs([0.1, 1.0], [[0, 1]], 2), "'escalate_s'"),
+    "mean above 1": (lambda i: belief.risk_adjust(1.5, 0.01, 0.5, 1.0), "'mean'"),
+    "mean nan": (lambda i: belief.risk_adjust(float("nan"), 0.01, 0.5, 1.0), "'mean'"),
+    "prior below 0": (lambda i: belief.risk_adjust(0.5, 0.01, -0.1, 1.0), "'prior_mean'"),
+    "var negative": (lambda i: belief.risk_adjust(0.5, -0.01, 0.5, 1.0), "'var'"),
+    "alpha negative": (lambda i: belief.risk_adjust(0.5, 0.01, 0.5, -1.0), "'alpha'"),
+    "beta above half": (lambda i: belief.risk_adjust(0.5, 0.01, 0.5, 1.0, 0.9), "'beta'"),
+    "beta zero": (lambda i: belief.risk_adjust(0.5, 0.01, 0.5, 1.0, 0.0), "'beta'"),
+    "n_max below 1": (lambda i: belief.risk_adjust(0.5, 0.01, 0.5, 1.0, n_max=0.5), "'n_max'"),
+    "p outside": (lambda i: belief.quantile_edges([0.2, 1.2], 3), "'p'"),
+    "p empty": (lambda i: belief.quantile_edges([], 3), "'p'"),
+    "n_bins zero": (lambda i: belief.quantile_edges([0.2], 0), "'n_bins'"),
     "labels shape": (
-        lambda i: stopping.estimate_beliefs(**{**_data(), "labels": np.ones((50, 2))}),
+        lambda i: belief.estimate_beliefs(**{**_data(), "labels": np.ones((50, 2))}),
         "'labels'",
     ),
     "direct empty": (
-        lambda i: stopping.estimate_beliefs(*(np.zeros((0, 3)),) * 3),
+        lambda i: belief.estimate_beliefs(*(np.zeros((0, 3)),) * 3),
         "'direct'",
     ),
     "smoothing negative": (
-        lambda i: stopping.estimate_beliefs(**_data(), smoothing=-1.0),
+        lambda i: belief.estimate_beliefs(**_data(), smoothing=-1.0),
         "'smoothing'",
     ),
     "beliefs of other stages": (lambda i: i.beliefs.bins(np.zeros((4, 2)), DIRECT), "'p_tilde'"),
@@ -626,7 +616,7 @@ BAD_CALLS = {
     ),
     "nearest dims": (lambda i: stopping.nearest(np.ones((3, 2)), np.ones((1, 3)), 2), "'queries'"),
     "nearest k": (lambda i: stopping.nearest(np.ones((3, 2)), np.ones((1, 2)), 0), "'k'"),
-    "breakpoints range": (lambda i: stopping.breakpoints(lambda x: 0, 2.0, 1.0), "'hi'"),
+    "breakpoints range": (lambda i: lambda_search.breakpoints(lambda x: 0, 2.0, 1.0), "'hi'"),
 }
 
 

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from asd_core import validity
+from asd_core.analysis import validity
 
 PUBLISHED = pd.DataFrame(
     [

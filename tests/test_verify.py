@@ -1,4 +1,4 @@
-"""Draft verification (DESIGN §3) on tiny random models with two different tokenizers.
+"""Draft verification (docs/design.md §3) on tiny random models with two different tokenizers.
 
 The bytes model (256 byte tokens, no merges) and the bpe model (512 tokens with trained merges)
 give a cross-tokenizer hop like SmolLM2 → Qwen. The central property checked throughout is
@@ -16,13 +16,7 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
-from asd_core.models.base import Backend, GenerationParams, Scoring
-from asd_core.models.common import chat_prompt_ids
-from asd_core.models.registry import load_backend
-from asd_core.models.tiny import make_tokenizer
-from asd_core.verify import (
+from asd_core.decoding.verify import (
     Draft,
     Verdict,
     accepted_prefix,
@@ -33,6 +27,12 @@ from asd_core.verify import (
     verify,
     verify_batch,
 )
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
+from asd_core.models.base import Backend, GenerationParams, Scoring
+from asd_core.models.common import chat_prompt_ids
+from asd_core.models.registry import load_backend
+from asd_core.models.tiny import make_tokenizer
 from tests.conftest import real_gguf
 
 AWKWARD = [

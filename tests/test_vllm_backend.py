@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from asd_core import config
-from asd_core.config import StageConfig
+from asd_core.ground import config
+from asd_core.ground.config import StageConfig
 from asd_core.models import vllm_backend as vb
 from asd_core.models.base import GenerationParams
 from asd_core.models.common import chat_prompt_ids
@@ -99,7 +99,7 @@ def test_backend_is_registered_without_vllm() -> None:
 def test_missing_vllm_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import sys
 
-    from asd_core.errors import AsdError
+    from asd_core.ground.errors import AsdError
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed
     stage = StageConfig(name="s", source="nowhere/model", runtime="vllm")
@@ -322,7 +322,7 @@ class _EngineTests:
         print(f"[{self.source}] {same}/{len(prompts)} outputs identical to transformers")
 
     def test_rejects_hidden_states_and_long_prompts(self, backend, prompts) -> None:
-        from asd_core.errors import AsdError
+        from asd_core.ground.errors import AsdError
 
         with pytest.raises(AsdError, match="hidden states"):
             backend.generate(prompts[:1], GenerationParams(max_new_tokens=2, return_hidden=True))

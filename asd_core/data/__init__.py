@@ -1,4 +1,4 @@
-"""Evaluation datasets: packaged files, loaders, prompt formats and stable splits (DESIGN §10)."""
+"""Evaluation datasets: packaged files, loaders, prompt formats and stable splits (docs/design.md §10)."""
 
 from asd_core.data.loaders import load_task
 from asd_core.data.splits import SPLITS, Split, mix, select, split_counts, split_of

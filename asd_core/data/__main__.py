@@ -11,7 +11,7 @@ from asd_core.data.loaders import load_task
 from asd_core.data.pools import POOLS, family_of, family_tasks, supplies, take
 from asd_core.data.splits import SPLITS, select, split_counts, split_of
 from asd_core.data.tasks import TASKS, Item, get_task
-from asd_core.errors import AsdError, cli_entry
+from asd_core.ground.errors import AsdError, cli_entry
 
 
 def _references(item: Item) -> str:
@@ -93,6 +93,7 @@ def pools(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Long because: the argument parser of three sub-commands and their dispatch."""
     parser = argparse.ArgumentParser(
         prog="python -m asd_core.data", description="Packaged evaluation datasets."
     )
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"ok {task}: {len(paths)} file(s) in {packages.task_dir(args.data_dir, task)}"
                 )
         elif args.action == "pools" and args.profile:
-            from asd_core import config
-            from asd_core.reporting import repo_path
+            from asd_core.ground import config
+            from asd_core.ground.files import repo_path
 
             params = config.load(
                 [repo_path("params/base.yaml"), repo_path(f"params/{args.profile}.yaml")]

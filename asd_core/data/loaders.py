@@ -21,7 +21,7 @@ from typing import Any
 
 from asd_core.data import packages
 from asd_core.data.tasks import LETTERS, Item, get_task
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 
 Row = dict[str, Any]
 

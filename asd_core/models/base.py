@@ -1,9 +1,9 @@
 """The one interface every runtime implements, and the typed results it hands over.
 
 A backend holds one stage's model. ``generate`` writes greedy continuations and reports, per
-generated token, what the features of DESIGN §4 need; ``score`` runs the model teacher-forced
+generated token, what the features of docs/design.md §4 need; ``score`` runs the model teacher-forced
 over a given continuation and reports, per position, the model's own greedy token — which is
-all that verification (DESIGN §3) needs. Generation and scoring of one stage use the same
+all that verification (docs/design.md §3) needs. Generation and scoring of one stage use the same
 runtime and weights, so a draft equal to the stage's own output is accepted whole.
 """
 
@@ -15,7 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from asd_core.config import StageConfig
+from asd_core.ground.config import StageConfig
 
 StopReason = Literal["eos", "stop", "length"]
 # rows an early-exit verification pass scores per step: it stops after the block holding the
@@ -34,7 +34,7 @@ class GenerationParams:
     ignore_eos: bool = False  # keep going past EOS (profiling needs exact output lengths)
     return_hidden: bool = False  # also return the mean-pooled final-layer hidden state
     options: tuple[str, ...] = ()  # multiple choice: pick one of these in one pass instead of
-    # writing (asd_core.choice.respond dispatches; a backend's generate ignores this)
+    # writing (asd_core.decoding.choice.respond dispatches; a backend's generate ignores this)
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Scoring:
 class NextTokens:
     """The model's next-token distribution right after a prompt, read at given tokens.
 
-    What a multiple-choice stage needs (``asd_core.choice``): one pass over the prompt, then the
+    What a multiple-choice stage needs (``asd_core.decoding.choice``): one pass over the prompt, then the
     log-probability of each option's first token.
     """
 
@@ -99,7 +99,7 @@ class NextTokens:
 class Prefix:
     """Output tokens already known to be the model's own greedy choice, with their statistics.
 
-    Built from a verification pass (``asd_core.verify``): ``resume`` starts the output with these
+    Built from a verification pass (``asd_core.decoding.verify``): ``resume`` starts the output with these
     tokens and generates only what follows, reusing the prompt's and prefix's computation where
     the runtime keeps it.
     """

@@ -5,16 +5,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from asd_core.errors import AsdError
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import Generation, GenerationParams, Prefix, StopReason, TokenIds
 
 
@@ -165,24 +161,6 @@ def chat_prompt_ids(tokenizer: Any, text: str) -> list[int]:
 def decode_text(tokenizer: Any, ids: Sequence[int]) -> str:
     """The text of ``ids`` with special tokens (EOS, chat markers) removed."""
     return str(tokenizer.decode(list(ids), skip_special_tokens=True))
-
-
-@contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """A temporary sibling of ``final`` to fill; it replaces ``final`` only if the block succeeds.
-
-    Callers come here when ``final`` is missing or incomplete, so whatever stands there is
-    replaced; a failed build leaves no partial folder behind.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- resuming after a verified prefix ------------------------------------------------------------

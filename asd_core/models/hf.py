@@ -30,8 +30,8 @@ from transformers import (
     LogitsProcessorList,
 )
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,
@@ -148,7 +148,10 @@ class TransformersBackend:
     def _generate(
         self, prompts: Sequence[TokenIds], params: GenerationParams, cache: Any = None
     ) -> list[Generation]:
-        """``model.generate`` on a left-padded batch; ``cache`` holds all but each last token."""
+        """``model.generate`` on a left-padded batch; ``cache`` holds all but each last token.
+
+        Long because: the decode loop keeps per-token statistics, stop strings and timing together.
+        """
         if not prompts:
             return []
         width = max(len(p) for p in prompts)

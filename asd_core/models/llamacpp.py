@@ -5,7 +5,7 @@ the GGUF), so tokenisation is identical across runtimes. Instead of llama.cpp's 
 the full logits row of every step, which is what the per-token statistics need.
 
 **Batching.** The context holds ``StageConfig.max_batch`` sequences, each in its own key/value
-slot (llama.cpp sequence id). :meth:`LlamaCppBackend._run` decodes a list of sequences
+slot (llama.cpp sequence id). :meth:`asd_core.models.llamacpp_slots.Slots.run` decodes a list of sequences
 together: every ``llama_decode`` call carries one new token of each generating sequence plus
 prompt tokens of sequences still prefilling, up to ``n_batch`` tokens. A finished sequence
 drops out and the next waiting one takes its slot (continuous batching), so a long output never
@@ -38,7 +38,6 @@ and ``Scoring.seconds`` are a sequence's share of the work, and they add up to t
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +47,8 @@ import llama_cpp
 import numpy as np
 from transformers import AutoTokenizer
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import (
     VERIFY_BLOCK,
     Generation,
@@ -72,6 +71,7 @@ from asd_core.models.common import (
     log_softmax_at,
     token_stats,
 )
+from asd_core.models.llamacpp_slots import RowsFn, Slots, SlotSequence
 from asd_core.models.registry import register, resolve
 
 Clock = Callable[[], float]
@@ -80,46 +80,10 @@ Clock = Callable[[], float]
 _SEED = 1234
 _SCORE_BLOCK = 32  # rows of logits reduced at once in score(): bounds temporaries to 32 x V floats
 _N_BATCH = 512  # tokens per llama_decode call (llama.cpp's default)
-# a shared prompt prefix shorter than this is fed again: copying a slot costs about as much as
-# prefilling a few tokens (it moves the whole slot, context_length cells of every layer)
-_MIN_SHARED = 16
 
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if diff.size else n
-
-
-# (sequence, index in seq.tokens of the first row, (r, V) float32 logits view valid until the
-# next decode, batch index of the first row)
-RowsFn = Callable[["_Seq", int, np.ndarray, int], None]
-
-
-@dataclass(eq=False)
-class _Seq:
-    """One sequence in flight: the tokens its slot must hold and what reads its logits rows."""
-
-    tokens: list[int]  # prompt (+ prefix or continuation, + tokens generated so far)
-    n_prompt: int  # leading tokens that are the prompt
-    want_from: int  # logits rows are read for tokens[want_from:]
-    step_from: int  # tokens[step_from:] are fed one per decode call
-    reuse: bool  # may start from a slot that already holds the whole prompt
-    on_rows: RowsFn
-    share: bool = False  # may start from a copy of this call's shared-prefix slot
-    chunk: int = 0  # > 0: feed at most this many tokens past want_from per decode call
-    slot: int = -1  # llama.cpp sequence id while admitted
-    n_fed: int = 0  # leading tokens already in the slot's cache
-    seconds: float = 0.0  # this sequence's share of the work so far, s
-    first_row_s: float | None = None  # seconds when its first logits row was ready
-    done: bool = False  # set by on_rows to stop early (generation ended)
 
 
 @dataclass(eq=False)
@@ -149,6 +113,7 @@ class LlamaCppBackend:
         *,
         clock: Clock = time.perf_counter,
     ):
+        """Long because: loading weights, tokenizer and a multi-slot context, each with its own error."""
         self.stage = stage
         self.clock = clock
         start = clock()
@@ -184,14 +149,13 @@ class LlamaCppBackend:
             ) from None
 
         self.max_batch = stage.max_batch
-        self.n_batch = _N_BATCH
         cp = llama_cpp.llama_context_default_params()
         # a slot per sequence, each of the full context length. A shared (unified) buffer
         # decoded 8 sequences faster (Qwen-Coder-0.5B: 56 against 44 tok/s), but a sequence's
         # log-probs then depend on where other sequences' tokens sit in it, so the same prompt
         # gave different outputs after different histories; separate slots do not
         cp.n_ctx = stage.context_length * self.max_batch
-        cp.n_batch = cp.n_ubatch = self.n_batch
+        cp.n_batch = cp.n_ubatch = _N_BATCH
         cp.n_seq_max = self.max_batch
         cp.kv_unified = False
         cp.n_threads = cp.n_threads_batch = threads
@@ -203,16 +167,18 @@ class LlamaCppBackend:
                 f"stage '{stage.name}': llama.cpp cannot make a context of {cp.n_ctx} tokens "
                 f"({self.max_batch} sequences x {stage.context_length}); lower max_batch"
             )
-        self._ctx: Any = ctx
-        self._mem = llama_cpp.llama_get_memory(self._ctx)
-        self._cached: list[list[int]] = [[] for _ in range(self.max_batch)]  # tokens per slot
-        self._last_use = [0] * self.max_batch  # admission counter per slot (least recent first)
-        self._uses = 0
-        self._shared_slot: int | None = None  # holds this call's shared prompt prefix
-        self.tokens_fed = 0  # tokens decoded since load (what prompt reuse saves shows here)
         self.n_vocab = self.llm.n_vocab()
         self.n_embd = self.llm.n_embd()
-        self._batch: Any = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.slots = Slots(
+            ctx,
+            stage.name,
+            self.max_batch,
+            _N_BATCH,
+            self.n_vocab,
+            self.n_embd,
+            lambda: self.stage.reuse_prompts,
+            clock,
+        )
         # EOS = the tokenizer's EOS and the GGUF's declared EOS: the same set the transformers
         # backend uses on a checkpoint converted from this file, so both runtimes stop at the
         # same token. llama.cpp's wider end-of-generation scan is not used: for Qwen it also
@@ -229,145 +195,10 @@ class LlamaCppBackend:
             {
                 "threads": str(threads),
                 "n_ctx": str(stage.context_length),
-                "n_batch": str(self.n_batch),
+                "n_batch": str(_N_BATCH),
                 "max_batch": str(self.max_batch),
             },
         )
-
-    # -- the batched decode loop --------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._ctx is None:  # the context is freed: a decode would crash the process
-            raise AsdError(f"stage '{self.stage.name}': backend used after close()")
-
-    def _clear(self) -> None:
-        """Empty every slot."""
-        llama_cpp.llama_memory_clear(self._mem, True)
-        self._cached = [[] for _ in range(self.max_batch)]
-
-    def _admit(self, seq: _Seq, busy: set[int]) -> None:
-        """Give ``seq`` a free slot: one holding its whole prompt if reuse is allowed, else the
-        least recently used; drop the slot's tokens after what can be kept."""
-        free = [s for s in range(self.max_batch) if s not in busy]
-        slot, keep = min(free, key=lambda s: self._last_use[s]), 0
-        if seq.reuse and self.stage.reuse_prompts:
-            for s in free:
-                common = _common_prefix(self._cached[s], seq.tokens)
-                if common >= seq.n_prompt and min(common, seq.want_from) > keep:
-                    slot, keep = s, min(common, seq.want_from)  # rows wanted must be computed
-        src = self._shared_slot
-        if seq.share and src is not None:
-            common = min(_common_prefix(self._cached[src], seq.tokens), seq.want_from)
-            if common >= _MIN_SHARED:
-                if src in free:
-                    slot, keep = src, common
-                else:  # slots are separate buffers: copy the whole slot, keep the prefix
-                    slot = min((s for s in free if s != src), key=lambda s: self._last_use[s])
-                    llama_cpp.llama_memory_seq_cp(self._mem, src, slot, -1, -1)
-                    self._cached[slot] = list(self._cached[src])
-                    keep = common
-        llama_cpp.llama_memory_seq_rm(self._mem, slot, keep, -1)
-        del self._cached[slot][keep:]
-        self._uses += 1
-        self._last_use[slot] = self._uses
-        seq.slot, seq.n_fed = slot, keep
-
-    def _plan(self, active: Sequence[_Seq]) -> list[tuple[_Seq, int]]:
-        """(sequence, tokens to feed) for the next decode call, at most ``n_batch`` tokens.
-
-        One-token steps go first, so a long prompt never stalls the sequences that are writing.
-        """
-        room, plan = self.n_batch, []
-        for seq in sorted(active, key=lambda s: len(s.tokens) - s.n_fed > 1):
-            if room == 0:
-                break
-            count = min(len(seq.tokens) - seq.n_fed, room)
-            if seq.chunk:
-                count = min(count, max(seq.want_from, seq.n_fed) + seq.chunk - seq.n_fed)
-            if seq.n_fed >= seq.step_from:
-                count = min(count, 1)
-            else:
-                count = min(count, seq.step_from - seq.n_fed)
-            plan.append((seq, count))
-            room -= count
-        return plan
-
-    def _share_prefix(self, seqs: Sequence[_Seq]) -> None:
-        """Prefill the prompt prefix all ``seqs`` share once, for them to copy (see the module
-        docstring); its time is split evenly among them."""
-        self._shared_slot = None
-        if len(seqs) < 2 or not self.stage.reuse_prompts:
-            return
-        first = seqs[0].tokens
-        n = min(min(_common_prefix(first, s.tokens), s.want_from) for s in seqs[1:])
-        if n < _MIN_SHARED:
-            return
-        warm = _Seq(first[:n], n, n, n, False, lambda *_: None)
-        self._run([warm])
-        self._shared_slot = warm.slot
-        for s in seqs:
-            s.share, s.seconds = True, s.seconds + warm.seconds / len(seqs)
-
-    def _run_sharing(self, seqs: Sequence[_Seq]) -> None:
-        """:meth:`_run` after :meth:`_share_prefix`; the shared slot is forgotten after."""
-        try:
-            self._share_prefix(seqs)
-            self._run(seqs)
-        finally:
-            self._shared_slot = None
-
-    def _run(self, seqs: Sequence[_Seq]) -> None:
-        """Decode ``seqs`` together until each has fed all its tokens or set ``done``."""
-        queue, active = deque(seqs), list[_Seq]()
-        b = self._batch
-        while queue or active:
-            while queue and len(active) < self.max_batch:
-                seq = queue.popleft()
-                self._admit(seq, {a.slot for a in active})
-                active.append(seq)
-            plan = self._plan(active)
-            j, firsts = 0, []
-            for seq, count in plan:
-                firsts.append(j)
-                for t in range(seq.n_fed, seq.n_fed + count):
-                    b.token[j] = seq.tokens[t]
-                    b.pos[j] = t
-                    b.n_seq_id[j] = 1
-                    b.seq_id[j][0] = seq.slot
-                    b.logits[j] = t >= seq.want_from
-                    j += 1
-            b.n_tokens = j
-            self.tokens_fed += j
-            start = self.clock()
-            rc = llama_cpp.llama_decode(self._ctx, b)
-            if rc != 0:  # 1: no KV slot (context full); < 0: internal error
-                self._clear()  # the slots no longer match self._cached
-                raise AsdError(f"stage '{self.stage.name}': llama_decode failed with code {rc}")
-            llama_cpp.llama_synchronize(self._ctx)
-            share = (self.clock() - start) / j
-            for (seq, count), first in zip(plan, firsts, strict=True):
-                t0 = self.clock()
-                seq.seconds += share * count
-                self._cached[seq.slot].extend(seq.tokens[seq.n_fed : seq.n_fed + count])
-                lo = max(seq.n_fed, seq.want_from)
-                seq.n_fed += count
-                if seq.n_fed > lo:
-                    if seq.first_row_s is None:
-                        seq.first_row_s = seq.seconds
-                    ith = first + lo - (seq.n_fed - count)
-                    ptr = llama_cpp.llama_get_logits_ith(self._ctx, ith)
-                    rows = np.ctypeslib.as_array(ptr, shape=(seq.n_fed - lo, self.n_vocab))
-                    seq.on_rows(seq, lo, rows, ith)
-                seq.seconds += self.clock() - t0
-            active = [s for s in active if not (s.done or s.n_fed == len(s.tokens))]
-
-    def _hidden_at(self, batch_index: int) -> np.ndarray:
-        """(d_model,) float32 view of the final-layer hidden state of one batch row."""
-        ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, batch_index)
-        if not ptr:
-            raise AsdError(
-                f"stage '{self.stage.name}': llama.cpp returned no hidden state for this model"
-            )
-        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
 
     # -- generation ---------------------------------------------------------------------------
     def generate(self, prompts: Sequence[TokenIds], params: GenerationParams) -> list[Generation]:
@@ -379,9 +210,9 @@ class LlamaCppBackend:
         output tokens, as the transformers backend does (llama.cpp then computes logits for
         every prompt token too, which makes the prefill slower).
         """
-        self._check_open()
+        self.slots.check_open()
         check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
-        pooled = llama_cpp.llama_pooling_type(self._ctx) != llama_cpp.LLAMA_POOLING_TYPE_NONE
+        pooled = llama_cpp.llama_pooling_type(self.slots.ctx) != llama_cpp.LLAMA_POOLING_TYPE_NONE
         if params.return_hidden and pooled:  # only a sequence-level embedding would come out
             raise AsdError(
                 f"stage '{self.stage.name}': this GGUF pools its embeddings, so per-token "
@@ -398,7 +229,7 @@ class LlamaCppBackend:
         either way the last prefix token is fed on its own, so the result does not depend on
         whether the cache was reused. Hidden states are not available here.
         """
-        self._check_open()
+        self.slots.check_open()
         if len(prompts) != len(prefixes):
             raise AsdError(
                 f"stage '{self.stage.name}': {len(prompts)} prompts but {len(prefixes)} prefixes"
@@ -414,8 +245,8 @@ class LlamaCppBackend:
         k = max(0, min(params.top_k, self.n_vocab))
         decode = self._decode_text
         out: list[Generation | None] = [None] * len(prompts)
-        seqs: list[_Seq] = []
-        writers: list[tuple[int, _Writer, _Seq]] = []
+        seqs: list[SlotSequence] = []
+        writers: list[tuple[int, _Writer, SlotSequence]] = []
         for i, (prompt, prefix) in enumerate(zip(prompts, prefixes, strict=True)):
             pre = list(prefix.token_ids) if prefix is not None else []
             w = _Writer(prompt, params, k)
@@ -438,7 +269,7 @@ class LlamaCppBackend:
             # generated tokens go one per call; a prefix's last token too (as after a
             # verification pass), and with exact scoring the whole prefix, as generation wrote it
             step_from = last if pre and not self.stage.exact_scoring else len(prompt)
-            seq = _Seq(
+            seq = SlotSequence(
                 tokens=tokens,
                 n_prompt=len(prompt),
                 want_from=last,
@@ -449,15 +280,15 @@ class LlamaCppBackend:
             seqs.append(seq)
             writers.append((i, w, seq))
         if params.return_hidden:
-            llama_cpp.llama_set_embeddings(self._ctx, True)
+            llama_cpp.llama_set_embeddings(self.slots.ctx, True)
         try:
             if any(s.reuse for s in seqs):  # resume: prompts + prefixes come from the slots
-                self._run(seqs)
+                self.slots.run(seqs)
             else:
-                self._run_sharing(seqs)
+                self.slots.run_sharing(seqs)
         finally:
             if params.return_hidden:
-                llama_cpp.llama_set_embeddings(self._ctx, False)
+                llama_cpp.llama_set_embeddings(self.slots.ctx, False)
         for i, w, seq in writers:
             out[i] = self._generation(w, seq)
         return [g for g in out if g is not None]
@@ -466,7 +297,7 @@ class LlamaCppBackend:
         """The logits reader of one generating sequence: choose, record, stop or go on."""
         params, n_max = w.params, w.params.max_new_tokens
 
-        def on_rows(seq: _Seq, index: int, rows: np.ndarray, ith: int) -> None:
+        def on_rows(seq: SlotSequence, index: int, rows: np.ndarray, ith: int) -> None:
             row = rows[-1]  # only the newest token's row is requested
             tok = int(row.argmax())
             if params.ignore_eos and tok in self.eos:
@@ -480,7 +311,7 @@ class LlamaCppBackend:
             w.top_lp.append(tl)
             w.entropy.append(ent)
             if w.hidden is not None:
-                w.hidden += self._hidden_at(ith + len(rows) - 1)
+                w.hidden += self.slots.hidden_at(ith + len(rows) - 1)
             w.tokens.append(tok)
             if tok in self.eos and not params.ignore_eos:
                 w.reason, seq.done = "eos", True
@@ -495,7 +326,7 @@ class LlamaCppBackend:
 
         return on_rows
 
-    def _generation(self, w: _Writer, seq: _Seq) -> Generation:
+    def _generation(self, w: _Writer, seq: SlotSequence) -> Generation:
         n = len(w.tokens)
 
         def cat(parts: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -538,7 +369,7 @@ class LlamaCppBackend:
         stops after the block where the model's greedy token first differs from it (see
         :class:`Scoring`): verification reads nothing after that.
         """
-        self._check_open()
+        self.slots.check_open()
         name = self.stage.name
         if len(prompts) != len(continuations):
             raise AsdError(
@@ -558,7 +389,7 @@ class LlamaCppBackend:
             reader = _ScoreReader(len(prompt), cont, k, self.eos if until_mismatch else None)
             exact = self.stage.exact_scoring
             seqs.append(
-                _Seq(
+                SlotSequence(
                     tokens=prompt + cont,
                     n_prompt=len(prompt),
                     want_from=len(prompt) - 1,
@@ -569,36 +400,38 @@ class LlamaCppBackend:
                 )
             )
             readers.append(reader)
-        self._run(seqs)
+        self.slots.run(seqs)
         return [r.result(s.seconds) for r, s in zip(readers, seqs, strict=True)]
 
     def next_logprobs(
         self, prompts: Sequence[TokenIds], token_ids: Sequence[int]
     ) -> list[NextTokens]:
         """One prompt pass each (logits of the last position only), read at ``token_ids``."""
-        self._check_open()
+        self.slots.check_open()
         check_prompts(prompts, self.stage.context_length, 0, self.stage.name)
         wanted = np.asarray(token_ids, dtype=np.int64)
         found: dict[int, tuple[np.ndarray, int]] = {}
 
-        def reader(seq: _Seq, index: int, rows: np.ndarray, ith: int) -> None:
+        def reader(seq: SlotSequence, index: int, rows: np.ndarray, ith: int) -> None:
             found[id(seq)] = (log_softmax_at(rows[-1], wanted), int(rows[-1].argmax()))
 
         seqs = []
         for p in prompts:
             prompt = [int(t) for t in p]
-            seqs.append(_Seq(prompt, len(prompt), len(prompt) - 1, len(prompt), False, reader))
-        self._run_sharing(seqs)
+            seqs.append(
+                SlotSequence(prompt, len(prompt), len(prompt) - 1, len(prompt), False, reader)
+            )
+        self.slots.run_sharing(seqs)
         return [NextTokens(*found[id(s)], s.seconds) for s in seqs]
+
+    @property
+    def tokens_fed(self) -> int:
+        """Tokens decoded since load (what prompt reuse saves shows here)."""
+        return self.slots.tokens_fed
 
     def close(self) -> None:
         """Free the batch, the context and the weights; safe to call twice."""
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx is not None:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        self.slots.close()
         if self.llm is not None:
             self.llm.close()
             self.llm = None  # type: ignore[assignment]
@@ -619,7 +452,7 @@ class _ScoreReader:
         self.top_lp = np.zeros((m + 1, k), np.float32) if k else None
         self.ent = np.zeros(m + 1, np.float32) if k else None
 
-    def __call__(self, seq: _Seq, index: int, rows: np.ndarray, ith: int) -> None:
+    def __call__(self, seq: SlotSequence, index: int, rows: np.ndarray, ith: int) -> None:
         for b0 in range(0, rows.shape[0], _SCORE_BLOCK):
             x = rows[b0 : b0 + _SCORE_BLOCK]
             r = index + b0 - (self.n_prompt - 1)  # index among the m + 1 output rows

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError, ConfigError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError, ConfigError
 from asd_core.models import assets
 from asd_core.models.base import Backend, Tokenizer
 

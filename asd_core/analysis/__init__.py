@@ -1,0 +1,1 @@
+"""Analysis layer: summaries, curve statistics, tables and figures of the notebooks."""

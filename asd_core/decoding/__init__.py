@@ -1,0 +1,1 @@
+"""Decoding layer: the policy interface, verification, multiple-choice scoring and the pipeline."""

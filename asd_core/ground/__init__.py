@@ -1,0 +1,1 @@
+"""Ground layer: errors, parameters, atomic files, provenance, statistics, curves, belief states and the stopping recursion. Imports nothing of ours."""

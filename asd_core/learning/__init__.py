@@ -1,0 +1,1 @@
+"""Learning layer: features of a stage's output, the ensemble predictor, its calibration and assessment."""

@@ -1,0 +1,1 @@
+"""Policy layer: costs, the fitted policy model, the adaptive DP policy and the reference policies."""

@@ -1,0 +1,1 @@
+"""Reporting layer: the notebook runner, the run log and the report index."""
