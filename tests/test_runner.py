@@ -91,9 +91,12 @@ def test_kernel_stderr_keeps_log_lines_and_drops_progress_bars() -> None:
     sink = LogLines(out)
     sink.write("12:00:01 asd_core.runs.datagen: generations: 8/16 items (50%)\n")
     sink.write("\rgenerations:  50%|#####     | 8/16\rgenerations: 100%|##########| 16/16\n")
+    sink.write("\rfitting:   0%|          | 0/25 [00:00<?, ?it/s]")  # a record glued to a bar
+    sink.write("12:00:05 asd_core.runs.evaluate: fitting: 1/25 folds × seeds (4%)\n")
     sink.write("12:00:09 asd_core.runs.datagen: generations: 16/16")
     assert out.getvalue().splitlines() == [
-        "12:00:01 asd_core.runs.datagen: generations: 8/16 items (50%)"
+        "12:00:01 asd_core.runs.datagen: generations: 8/16 items (50%)",
+        "12:00:05 asd_core.runs.evaluate: fitting: 1/25 folds × seeds (4%)",
     ]
     sink.write(" items (100%)\n")
     assert out.getvalue().splitlines()[-1].endswith("16/16 items (100%)")

@@ -35,10 +35,12 @@ def configure(level: int | str = "INFO", fmt: str = NOTEBOOK_FORMAT) -> None:
     """Send every ``asd_core`` logger's records at ``level`` and above to stderr."""
     handler = _Stderr()
     handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
-    root = logging.getLogger("asd_core")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    # "__main__": a module run with ``python -m`` logs under that name
+    for name in ("asd_core", "__main__"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 class Progress:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from asd_core.ground.errors import AsdError, cli_entry
 from asd_core.ground.files import atomic_write_text
 from asd_core.reporting import runlog
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("asd_core.reporting.notebooks")  # also when run as __main__
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = ".complete.json"  # per notebook: the digest of the code and parameters of its copy
@@ -56,8 +57,11 @@ def export_html(notebook: Path, html: Path) -> Path:
 
 
 class LogLines:
-    """A file-like sink for a kernel's stderr that passes on whole lines and drops the
-    carriage-return redraws of progress bars."""
+    """A file-like sink for a kernel's stderr that passes on the log records (the notebooks'
+    ``logs.NOTEBOOK_FORMAT``: ``HH:MM:SS logger: message``) and drops the rest, the progress
+    bars' carriage-return redraws included, which arrive glued to the records."""
+
+    RECORD = re.compile(r"\d\d:\d\d:\d\d [\w.]+: [^\r\n]*")
 
     def __init__(self, out: TextIO):
         self.out = out
@@ -67,8 +71,8 @@ class LogLines:
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
-            if "\r" not in line and line.strip():
-                self.out.write(line + "\n")
+            for record in self.RECORD.findall(line):
+                self.out.write(record + "\n")
         return len(text)
 
     def flush(self) -> None:
