@@ -239,8 +239,6 @@ def speedup(
     n_resamples: int = 2000,
     seed: int | np.random.Generator = 0,
     method: str = "BCa",
-    drop_undefined: bool = False,
-    batch_elements: int = _BATCH_ELEMENTS,
 ) -> CI:
     """Speedup = mean(reference_cost) / mean(cost), with a paired bootstrap CI over inputs.
 
@@ -265,8 +263,6 @@ def quality_retention(
     n_resamples: int = 2000,
     seed: int | np.random.Generator = 0,
     method: str = "BCa",
-    drop_undefined: bool = False,
-    batch_elements: int = _BATCH_ELEMENTS,
 ) -> CI:
     """Retention = mean(quality) / mean(reference_quality), with a paired bootstrap CI over inputs.
 
