@@ -195,7 +195,9 @@ def run(args: argparse.Namespace) -> None:
     extra["(e) outputs identical batched vs single"] = f"{same}/{len(reqs)}"
     if args.baselines:
         extra |= baseline_ratios(params, reqs, args)
-    prov = provenance.provenance(params, params.seed, command=" ".join(sys.argv))
+    # the command as typed from the repository root (no machine paths in a committed sidecar)
+    command = " ".join(["python -m benchmarks.pipeline", *sys.argv[1:]])
+    prov = provenance.provenance(params, params.seed, command=command)
     tables = REPO / params.reports_dir / "tables"
     provenance.write_table(table, tables / "pipeline_benchmark.csv", prov)
     provenance.write_table(items, tables / "pipeline_benchmark_items.csv", prov)
