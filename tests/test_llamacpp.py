@@ -598,3 +598,16 @@ def test_a_shared_prompt_prefix_is_prefilled_once_and_copied(models_dir: Path) -
     for a, b in zip(choices, alone, strict=True):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=0.05)
     assert all(g.prefill_s > 0 for g in outputs[True])
+
+
+def test_extra_weight_buffers_are_off_where_the_cpu_advertises_amx(monkeypatch) -> None:
+    """AMX advertised in a VM without the tile state crashes every multi-token batch."""
+    from asd_core.models.llamacpp_load import extra_buffers_allowed
+
+    monkeypatch.delenv("ASD_LLAMA_EXTRA_BUFFERS", raising=False)
+    assert extra_buffers_allowed("flags : fpu avx2 avx512f") is True
+    assert extra_buffers_allowed("flags : fpu avx512f amx_bf16 amx_tile amx_int8") is False
+    monkeypatch.setenv("ASD_LLAMA_EXTRA_BUFFERS", "1")
+    assert extra_buffers_allowed("flags : amx_tile") is True
+    monkeypatch.setenv("ASD_LLAMA_EXTRA_BUFFERS", "0")
+    assert extra_buffers_allowed("flags : avx2") is False

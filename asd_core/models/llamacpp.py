@@ -71,6 +71,7 @@ from asd_core.models.common import (
     log_softmax_at,
     token_stats,
 )
+from asd_core.models.llamacpp_load import load_llama
 from asd_core.models.llamacpp_slots import RowsFn, Slots, SlotSequence
 from asd_core.models.registry import register, resolve
 
@@ -122,11 +123,7 @@ class LlamaCppBackend:
         # the wrapper only loads the weights; the context below is ours (one slot per sequence)
         kwargs: dict[str, Any] = dict(n_ctx=16, n_batch=16, verbose=False, seed=_SEED)
         try:
-            if Path(src.weights).is_file():
-                self.llm = llama_cpp.Llama(src.weights, **kwargs)
-            else:  # "repo:file.gguf" on the hub
-                repo, filename = src.weights.split(":", 1)
-                self.llm = llama_cpp.Llama.from_pretrained(repo, filename, **kwargs)
+            self.llm = load_llama(src.weights, **kwargs)  # a local file or "repo:file.gguf"
         except Exception as exc:  # llama.cpp reports every load failure as a bare ValueError
             raise AsdError(
                 f"stage '{stage.name}': llama.cpp cannot load {src.weights} ({_first_line(exc)})"
@@ -434,7 +431,7 @@ class LlamaCppBackend:
         self.slots.close()
         if self.llm is not None:
             self.llm.close()
-            self.llm = None  # type: ignore[assignment]
+            self.llm = None
 
 
 class _ScoreReader:
