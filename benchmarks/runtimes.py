@@ -73,7 +73,16 @@ def _direct_generate(backend: Any, prompt: list[int], n: int) -> Callable[[], No
 
         return run_hf
     if runtime == "llamacpp":
-        llm = backend.llm
+        from asd_core.models.common import cpu_threads
+        from asd_core.models.llamacpp_load import load_llama
+
+        # the backend's own wrapper object only holds the weights (its context is 16 tokens):
+        # llama.cpp's generation gets a context of its own, one sequence, the backend's threads
+        threads = cpu_threads(backend.stage.threads)
+        llm = load_llama(
+            backend.info.weights, n_ctx=len(prompt) + n + 16, n_batch=512, verbose=False,
+            n_threads=threads, n_threads_batch=threads,
+        )  # fmt: skip
 
         def run_llama() -> None:
             llm.reset()
