@@ -81,6 +81,41 @@ def synthetic_frame(
     return pd.DataFrame(rows)
 
 
+def with_costs(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """``df`` with measured-looking costs, correctness and splits (replay and server tests).
+
+    Stage k takes about 3^k seconds from scratch; escalating verifies in a fraction of that and
+    decodes only the tokens after the accepted prefix; items go to the three splits in turn.
+    """
+    K = int(df["stage"].max()) + 1
+    rng = np.random.default_rng(seed)
+    df = df.copy()
+    n = len(df)
+    df["n_out"] = df["token_ids"].map(len)
+    df["n_in"] = df["prompt_ids"].map(len)
+    base = 3.0 ** df["stage"].to_numpy()
+    df["prefill_s"] = 0.1 * base
+    df["latency_s"] = df["prefill_s"] + 0.02 * base * df["n_out"] + rng.uniform(0, 0.01, n)
+    drafted, accepted, verify = [], [], []
+    for stage, n_out in zip(df["stage"], df["n_out"], strict=True):
+        d = [-1] * K
+        a = [-1] * K
+        v = [np.nan] * K
+        for j in range(stage + 1, K):
+            d[j] = int(n_out)
+            a[j] = int(rng.integers(0, n_out + 1))
+            v[j] = 0.05 * 3.0**j
+        drafted.append(d)
+        accepted.append(a)
+        verify.append(v)
+    df["drafted_by"], df["accepted_by"], df["verify_s_by"] = drafted, accepted, verify
+    df["correct"] = (rng.random(n) < 0.3 + 0.25 * df["stage"].to_numpy()).astype(float)
+    items = sorted(df["item_id"].unique())
+    split = {it: ("train", "calibration", "test")[i % 3] for i, it in enumerate(items)}
+    df["split"] = df["item_id"].map(split)
+    return df
+
+
 def median_seconds(
     fn: Callable[[], Any], repeats: int, clock: Callable[[], float] = time.perf_counter
 ) -> float:

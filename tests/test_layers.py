@@ -24,6 +24,7 @@ LAYERS = (
     "runs",  # profiling, data generation, replay, evaluation, online checks
     "analysis",  # figures and tables
     "reporting",  # run log, report index, the notebook runner
+    "serve",  # the server: settings, engine and scheduler, cache manager, metrics, API, demo
 )
 RUNTIMES = {"llama_cpp", "vllm", "transformers", "torchvision", "torchaudio"}
 RUNTIME_LAYERS = {"models"}  # plus benchmarks/, which compare the runtimes themselves

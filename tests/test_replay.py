@@ -23,39 +23,9 @@ from asd_core.learning.features import FeatureSet, StageView
 from asd_core.learning.predictor import train_predictor
 from asd_core.policy import adaptive, baselines, costs, fitting
 from asd_core.runs import eval_settings, evaluate, folds, methods, replay
-from benchmarks.features import synthetic_frame
+from benchmarks.features import synthetic_frame, with_costs
 
 K = 3
-SPLITS = ("train", "calibration", "test")
-
-
-def with_costs(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    df = df.copy()
-    n = len(df)
-    df["n_out"] = df["token_ids"].map(len)
-    df["n_in"] = df["prompt_ids"].map(len)
-    base = 3.0 ** df["stage"].to_numpy()
-    df["prefill_s"] = 0.1 * base
-    df["latency_s"] = df["prefill_s"] + 0.02 * base * df["n_out"] + rng.uniform(0, 0.01, n)
-    drafted, accepted, verify = [], [], []
-    for stage, n_out in zip(df["stage"], df["n_out"], strict=True):
-        d = [-1] * K
-        a = [-1] * K
-        v = [np.nan] * K
-        for j in range(stage + 1, K):
-            d[j] = int(n_out)
-            a[j] = int(rng.integers(0, n_out + 1))
-            v[j] = 0.05 * 3.0**j
-        drafted.append(d)
-        accepted.append(a)
-        verify.append(v)
-    df["drafted_by"], df["accepted_by"], df["verify_s_by"] = drafted, accepted, verify
-    df["correct"] = (rng.random(n) < 0.3 + 0.25 * df["stage"].to_numpy()).astype(float)
-    items = sorted(df["item_id"].unique())
-    split = {it: SPLITS[i % 3] for i, it in enumerate(items)}
-    df["split"] = df["item_id"].map(split)
-    return df
 
 
 @pytest.fixture(scope="module")
@@ -414,7 +384,7 @@ def test_saved_fold_predictors_give_the_same_results_and_refuse_other_settings(
     )
     folder = folds.train_fold_predictors(gens, settings, K, tmp_path / "folds", progress=False)
     loaded = folds.load_fold_predictors(folder, gens, settings, K)
-    assert set(loaded) == {(0, 1), (1, 1), (None, 1)}
+    assert set(loaded) == {(0, 1), (1, 1)}
     own, _ = evaluate.evaluate(gens, settings, K, progress=False)
     saved, _ = evaluate.evaluate(gens, settings, K, progress=False, predictors=loaded)
     pd.testing.assert_frame_equal(own, saved)
@@ -439,3 +409,54 @@ def test_methods_are_looked_up_by_name() -> None:
     assert [m.name for m in methods.selected(("dp", "stages"))] == ["stages", "dp"]
     with pytest.raises(AsdError, match="evaluation method 'bogus' is unknown"):
         methods.selected(("bogus",))
+
+
+def test_policy_file_round_trip_decides_the_same_and_refuses_other_stages(
+    model: fitting.PolicyModel, gens: pd.DataFrame, tmp_path
+) -> None:
+    """The saved policy makes the same decisions at every λ, per-input costs included; a file
+    for other stages, features or of another format is refused with the field's name."""
+    from asd_core.ground.config import StageConfig
+    from asd_core.policy import saved
+
+    stages = [StageConfig(name=f"s{k}", source=f"tiny:layers:{k + 1}", runtime="transformers")
+              for k in range(K)]  # fmt: skip
+    path = saved.save_policy(model, tmp_path / "policy.pt", stages, {"asdiv": {"max_new_tokens": 9}},
+                             {"git_commit": "abc"})  # fmt: skip
+    back = saved.load_policy(path, stages, "answer")
+    assert back.stage_names == ["s0", "s1", "s2"] and back.provenance["git_commit"] == "abc"
+    assert back.generation == {"asdiv": {"max_new_tokens": 9}}
+    test = gens[gens["split"] == "test"]
+    data = replay.ReplayData.from_frame(test, K, "answer")
+    for lam in (0.1, 1.0, 5.0):
+        for mode in ("table", "per_input"):
+            a = replay.simulate(data, adaptive.AdaptivePolicy(model, lam, observer_of(model, test),
+                                                              cost_mode=mode))  # fmt: skip
+            b = replay.simulate(data, adaptive.AdaptivePolicy(back.model, lam,
+                                                              observer_of(back.model, test),
+                                                              cost_mode=mode))  # fmt: skip
+            assert a.paths == b.paths
+            np.testing.assert_array_equal(a.cost_s, b.cost_s)
+    other = [*stages[:2], StageConfig(name="s2", source="tiny:layers:9", runtime="transformers")]
+    with pytest.raises(AsdError, match=r"field 'stages\[2\].source' is 'tiny:layers:3'"):
+        saved.load_policy(path, other)
+    with pytest.raises(AsdError, match="field 'stages' has 3 stages in the policy file, 2 here"):
+        saved.load_policy(path, stages[:2])
+    with pytest.raises(AsdError, match="label mode 'answer', expected 'token'"):
+        saved.load_policy(path, stages, "token")
+    state = saved.policy_state(model, stages)
+    state["predictor"]["meta"]["feature_names"][0] = "renamed"
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    (tmp_path / "renamed.pt").write_bytes(buf.getvalue())
+    with pytest.raises(AsdError, match="feature #0 is 'renamed'"):
+        saved.load_policy(tmp_path / "renamed.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a policy")
+    with pytest.raises(AsdError, match="junk.pt: not a policy file"):
+        saved.load_policy(tmp_path / "junk.pt")
+    with pytest.raises(AsdError, match="policy file not found"):
+        saved.load_policy(tmp_path / "none.pt")

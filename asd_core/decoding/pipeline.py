@@ -26,7 +26,7 @@ from asd_core.decoding.protocol import Move
 from asd_core.decoding.verify import draft_from_generation, escalate, tokenizer_key
 from asd_core.ground.errors import AsdError
 from asd_core.ground.stopping import Decision
-from asd_core.models.base import Backend, Generation, GenerationParams
+from asd_core.models.base import Backend, Generation, GenerationParams, TokenListener, listening
 from asd_core.models.common import chat_prompt_ids
 
 Clock = Callable[[], float]
@@ -36,10 +36,26 @@ Clock = Callable[[], float]
 class Request:
     """One input to answer."""
 
-    item_id: str  # stable id of the input (dataset item id)
+    item_id: str  # stable id of the input (dataset item id, or a server's request id)
     task: str  # task name; decides the generation settings and the features' task id
-    text: str  # the user message; each stage applies its own chat template
+    text: str  # the user message (each stage applies its own chat template), or the raw prompt
     params: GenerationParams  # greedy generation settings for this task
+    messages: tuple[tuple[str, str], ...] = ()  # a whole chat as (role, content) turns; empty:
+    # one user turn holding ``text``
+    raw: bool = False  # ``text`` is a completion prompt, tokenised as it is (no chat template)
+
+
+def request_prompt_ids(tokenizer: Any, request: Request | Any) -> list[int]:
+    """The request as ``tokenizer``'s model reads it: chat template, or raw text."""
+    if getattr(request, "raw", False):
+        return list(tokenizer.encode(request.text, add_special_tokens=True))
+    turns = getattr(request, "messages", ())
+    if not turns:
+        return chat_prompt_ids(tokenizer, request.text)
+    enc = tokenizer.apply_chat_template(
+        [{"role": r, "content": c} for r, c in turns], add_generation_prompt=True, tokenize=True
+    )
+    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
 
 
 @dataclass
@@ -162,7 +178,7 @@ class Pipeline:
     def prompt_ids(self, stage: int, request: Request) -> list[int]:
         """The request in ``stage``'s chat template; too long for its context is an error."""
         backend = self.backends[stage]
-        ids = chat_prompt_ids(backend.tokenizer, request.text)
+        ids = request_prompt_ids(backend.tokenizer, request)
         limit = backend.stage.context_length
         if len(ids) + request.params.max_new_tokens > limit:
             raise AsdError(
@@ -182,8 +198,8 @@ class Pipeline:
             )
         return choice
 
-    def run(self, requests: Sequence[Request], policy: Any, progress: bool = False) -> list[Trace]:
-        """Answer ``requests`` under ``policy``; one :class:`Trace` per request, in order."""
+    def enter(self, requests: Sequence[Request], policy: Any) -> list[Trace]:
+        """One :class:`Trace` per request, at the stage the policy's entry decision picked."""
         n = len(requests)
         if n == 0:
             return []
@@ -192,17 +208,38 @@ class Pipeline:
         share = (self.clock() - start) / n
         if len(entries) != n:
             raise AsdError(f"policy '{policy.name}': {len(entries)} entry stages for {n} inputs")
-        traces = []
-        at: dict[int, list[int]] = defaultdict(list)
-        fresh: set[int] = set()  # inputs whose next stage restarts instead of continuing
-        for i, (req, s) in enumerate(zip(requests, entries, strict=True)):
+        for req, s in zip(requests, entries, strict=True):
             if not 0 <= s < self.n_stages:
                 raise AsdError(
                     f"policy '{policy.name}' sent input '{req.item_id}' to stage {s}; "
                     f"stages are 0..{self.n_stages - 1}"
                 )
-            traces.append(Trace(req, int(s), decision_s=share))
-            at[int(s)].append(i)
+        return [Trace(r, int(s), decision_s=share) for r, s in zip(requests, entries, strict=True)]
+
+    def decide(self, stage: int, traces: Sequence[Trace], policy: Any) -> list[Move | None]:
+        """The policy's move after ``stage`` for each trace (None: stop), checked and timed."""
+        if not traces:
+            return []
+        start = self.clock()
+        choices = list(policy.next_stage(stage, traces))
+        share = (self.clock() - start) / len(traces)
+        if len(choices) != len(traces):
+            raise AsdError(
+                f"policy '{policy.name}': {len(choices)} decisions for {len(traces)} inputs"
+            )
+        moves = []
+        for t, c in zip(traces, choices, strict=True):
+            t.decision_s += share
+            moves.append(self._next(stage, c, t.request.item_id))
+        return moves
+
+    def run(self, requests: Sequence[Request], policy: Any, progress: bool = False) -> list[Trace]:
+        """Answer ``requests`` under ``policy``; one :class:`Trace` per request, in order."""
+        traces = self.enter(requests, policy)
+        at: dict[int, list[int]] = defaultdict(list)
+        for i, t in enumerate(traces):
+            at[t.entry_stage].append(i)
+        fresh: set[int] = set()  # inputs whose next stage restarts instead of continuing
         for stage in range(self.n_stages):
             idx = at.pop(stage, [])
             if not idx:
@@ -215,18 +252,10 @@ class Pipeline:
             ) as bar:
                 for c in range(0, len(idx), self.batch_size):
                     chunk = idx[c : c + self.batch_size]
-                    self._run_stage(stage, [traces[i] for i in chunk], [i in fresh for i in chunk])
+                    self.run_stage(stage, [traces[i] for i in chunk], [i in fresh for i in chunk])
                     bar.update(len(chunk))
-            start = self.clock()
-            choices = list(policy.next_stage(stage, [traces[i] for i in idx]))
-            share = (self.clock() - start) / len(idx)
-            if len(choices) != len(idx):
-                raise AsdError(
-                    f"policy '{policy.name}': {len(choices)} decisions for {len(idx)} inputs"
-                )
-            for i, c in zip(idx, choices, strict=True):
-                traces[i].decision_s += share
-                nxt = self._next(stage, c, requests[i].item_id)
+            moves = self.decide(stage, [traces[i] for i in idx], policy)
+            for i, nxt in zip(idx, moves, strict=True):
                 fresh.discard(i)
                 if nxt is not None:
                     at[nxt.stage].append(i)
@@ -234,14 +263,27 @@ class Pipeline:
                         fresh.add(i)
         return traces
 
-    def _run_stage(self, stage: int, traces: Sequence[Trace], restart: Sequence[bool]) -> None:
+    def run_stage(
+        self,
+        stage: int,
+        traces: Sequence[Trace],
+        restart: Sequence[bool],
+        listeners: Sequence[TokenListener | None] | None = None,
+    ) -> None:
         """Run ``stage`` on its batch: verify + continue where a draft exists (unless the move
-        restarts), else generate."""
+        restarts), else generate. ``listeners[i]`` (optional) hears ``traces[i]``'s tokens as
+        the stage writes them, where its runtime reports them (``models.base.listening``).
+
+        Long because: a choice, a generation from scratch and an escalation each append a run.
+        """
         backend = self.backends[stage]
-        groups: dict[tuple[GenerationParams, bool], list[Trace]] = defaultdict(list)
-        for t, fresh in zip(traces, restart, strict=True):
-            groups[(t.request.params, bool(t.runs) and not fresh)].append(t)
-        for (params, has_draft), group in groups.items():
+        groups: dict[tuple[GenerationParams, bool], list[int]] = defaultdict(list)
+        for i, (t, fresh) in enumerate(zip(traces, restart, strict=True)):
+            groups[(t.request.params, bool(t.runs) and not fresh)].append(i)
+        heard = list(listeners) if listeners is not None else [None] * len(traces)
+        for (params, has_draft), members in groups.items():
+            group = [traces[i] for i in members]
+            hear = [heard[i] for i in members]
             prompts = [self.prompt_ids(stage, t.request) for t in group]
             if params.options:  # a choice: verified by this stage's own choice pass
                 for t, p, g in zip(group, prompts, respond(backend, prompts, params), strict=True):
@@ -258,7 +300,8 @@ class Pipeline:
                     )
                 continue
             if not has_draft:
-                gens = backend.generate(prompts, params)
+                with listening(backend, _fan_out(hear)):
+                    gens = backend.generate(prompts, params)
                 for t, p, g in zip(group, prompts, gens, strict=True):
                     t.runs.append(StageRun(stage, p, g, None, 0, 0, math.nan, 0.0, g.total_s))
                 continue
@@ -267,9 +310,9 @@ class Pipeline:
                 draft_from_generation(r.stage, r.generation, self.keys[r.stage]) for r in last
             ]
             same = [self.keys[r.stage] == self.keys[stage] for r in last]
-            for t, p, r, e in zip(
-                group, prompts, last, escalate(backend, prompts, drafts, same, params), strict=True
-            ):
+            with listening(backend, _fan_out(hear)):
+                escalations = escalate(backend, prompts, drafts, same, params)
+            for t, p, r, e in zip(group, prompts, last, escalations, strict=True):
                 v = e.verdict
                 t.runs.append(
                     StageRun(
@@ -284,3 +327,15 @@ class Pipeline:
                         e.resume_s,
                     )
                 )
+
+
+def _fan_out(listeners: Sequence[TokenListener | None]) -> TokenListener | None:
+    """One listener for a backend call that passes each sequence's tokens to its own."""
+    if not any(listeners):
+        return None
+
+    def hear(index: int, tokens: Sequence[int]) -> bool:
+        own = listeners[index] if index < len(listeners) else None
+        return True if own is None else own(index, tokens)
+
+    return hear

@@ -323,17 +323,34 @@ def escalate(
     """Verify each draft, keep the accepted prefix and let the verifier write the rest.
 
     Lossless: ``output`` equals the verifier's own greedy output (``verifier.generate``) up to
-    floating-point near-ties of batched scoring (none with ``exact_scoring``). Inputs go one at
-    a time so that each ``resume`` finds the key/value cache its own verification pass left.
+    floating-point near-ties of batched scoring (none with ``exact_scoring``). Inputs go in
+    groups of the verifier's ``max_batch`` (1 when it has none): a runtime with one key/value
+    slot per sequence then finds, in ``resume``, the cache each input's verification pass left.
     An empty draft is verified vacuously and the verifier writes everything.
     """
     same = _flags("escalate", prompts, drafts, same_tokenizer)
     top_k = max(params.top_k, 1)
+    group = max(1, int(getattr(verifier, "max_batch", 1)))
+    heard = getattr(verifier, "listener", None)  # indexes the whole call: offset each group's
     results = []
-    for prompt, draft, s in zip(prompts, drafts, same, strict=True):
-        (verdict,), (scoring,) = _verify_scored(verifier, [prompt], [draft], s, top_k)
-        prefix = prefix_from_scoring(scoring, verdict.continuation)
+    for lo in range(0, len(prompts), group):
+        part = slice(lo, lo + group)
+        ps = list(prompts[part])
+        verdicts, scorings = _verify_scored(verifier, ps, drafts[part], same[part], top_k)
+        prefixes = [
+            prefix_from_scoring(sc, v.continuation)
+            for v, sc in zip(verdicts, scorings, strict=True)
+        ]
         start = time.perf_counter()
-        (output,) = verifier.resume([prompt], [prefix], params)
-        results.append(Escalation(verdict, output, verdict.seconds, time.perf_counter() - start))
+        if heard is not None:
+            verifier.listener = lambda i, tokens, lo=lo: heard(lo + i, tokens)  # type: ignore[attr-defined]
+        try:
+            outputs = verifier.resume(ps, prefixes, params)
+        finally:
+            if heard is not None:
+                verifier.listener = heard  # type: ignore[attr-defined]
+        wall = time.perf_counter() - start
+        for v, out in zip(verdicts, outputs, strict=True):
+            # several at once: each output's own share, as the backend times it
+            results.append(Escalation(v, out, v.seconds, wall if len(ps) == 1 else out.total_s))
     return results

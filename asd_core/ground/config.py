@@ -256,7 +256,7 @@ def notebook_params(namespace: Mapping[str, Any]) -> Params:
     return params
 
 
-def _first_error(err: ValidationError, origin: Mapping[str, str]) -> str:
+def first_error(err: ValidationError, origin: Mapping[str, str]) -> str:
     """Turn pydantic's multi-line report into one line: ``file: key: problem``."""
     first = err.errors()[0]
     loc = first.get("loc", ())
@@ -311,7 +311,7 @@ def validate(values: Mapping[str, Any], origin: Mapping[str, str] | None = None)
     try:
         return Params.model_validate(dict(values))
     except ValidationError as err:
-        raise ConfigError(_first_error(err, origin or {})) from None
+        raise ConfigError(first_error(err, origin or {})) from None
 
 
 def load(paths: Sequence[str | Path]) -> Params:
@@ -339,7 +339,7 @@ def validate_subset(**values: Any) -> dict[str, Any]:
         try:
             out[key] = adapter.validate_python(value)
         except ValidationError as err:
-            raise ConfigError(_first_error(_prefix(err, key), {})) from None
+            raise ConfigError(first_error(_prefix(err, key), {})) from None
     if "stages" in out:
         budgets = {t: 1 for t in get_args(TaskName)}  # required key, irrelevant to the check
         probe = {"profile": "x", "seed": 0, "lambdas": [1.0], "datagen_max_new_tokens": budgets}

@@ -197,6 +197,11 @@ def write_table(
     return _write_with_sidecar(Path(path), df.to_csv(index=False).encode("utf-8"), provenance)
 
 
+def write_bytes(data: bytes, path: str | os.PathLike[str], provenance: Mapping[str, Any]) -> Path:
+    """Any file (a saved policy, say) with its sidecar, both written atomically."""
+    return _write_with_sidecar(Path(path), data, provenance)
+
+
 def write_html(text: str, path: str | os.PathLike[str], provenance: Mapping[str, Any]) -> Path:
     """Write an HTML page atomically, with its provenance sidecar."""
     return _write_with_sidecar(Path(path), text.encode("utf-8"), provenance)

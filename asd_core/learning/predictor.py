@@ -161,19 +161,15 @@ class QualityPredictor:
         return self.input_model.predict_all_heads(X_in)
 
     # -- persistence ----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (weights) and ``path.with_suffix('.json')`` atomically; return ``path``."""
-        path = Path(path)
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(description, tensors): the JSON-able description and the weights, for any file."""
         hidden = self.features.hidden
-        blob: dict[str, Any] = {
+        tensors: dict[str, Any] = {
             "output": [m.state_dict() for m in self.output_model.members],
             "input": [m.state_dict() for m in self.input_model.members],
             "hidden_means": [torch.from_numpy(a) for a in hidden.means] if hidden else [],
             "hidden_components": [torch.from_numpy(a) for a in hidden.components] if hidden else [],
         }
-        buf = io.BytesIO()
-        torch.save(blob, buf)
-        data = buf.getvalue()
         meta = {
             "format": FILE_FORMAT,
             "feature_version": self.features.version,
@@ -193,9 +189,17 @@ class QualityPredictor:
                 "input": [asdict(log) for log in self.input_model.logs],
             },
             "info": self.info,
-            "weights_file": path.name,
-            "weights_sha256": hashlib.sha256(data).hexdigest(),
         }
+        return meta, tensors
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (weights) and ``path.with_suffix('.json')`` atomically; return ``path``."""
+        path = Path(path)
+        meta, tensors = self.state()
+        buf = io.BytesIO()
+        torch.save(tensors, buf)
+        data = buf.getvalue()
+        meta |= {"weights_file": path.name, "weights_sha256": hashlib.sha256(data).hexdigest()}
         # weights first: a save killed in between leaves a sha256 mismatch that load reports
         atomic_write_bytes(path, data)
         atomic_write_text(meta_path(path), json.dumps(meta, indent=2) + "\n")
@@ -205,37 +209,18 @@ class QualityPredictor:
     def load(
         cls, path: str | Path, features: FeatureSet | None = None, label_mode: str | None = None
     ) -> QualityPredictor:
-        """Read a saved predictor; refuse one trained on other features (or another label mode).
-
-        Long because: every field of the file is checked with its own one-line error.
-        """
+        """Read a saved predictor; refuse one trained on other features (or another label mode)."""
         path = Path(path)
         meta_file = meta_path(path)
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            expected_keys = {
-                "feature_names",
-                "feature_version",
-                "config",
-                "calibration",
-                "weights_sha256",
-            }
-            if not isinstance(meta, dict) or not expected_keys <= meta.keys():
+            if not isinstance(meta, dict) or "weights_sha256" not in meta:
                 raise ValueError("missing keys")
         except FileNotFoundError:
             raise AsdError(f"{meta_file}: predictor file not found") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise AsdError(f"{meta_file}: not a predictor file ({exc})") from None
-        if meta.get("format") != FILE_FORMAT:
-            raise AsdError(
-                f"{meta_file}: predictor file format {meta.get('format')}, this code reads {FILE_FORMAT}"
-            )
-        if features is not None:
-            _check_features(meta_file, meta, features)
-        if label_mode is not None and meta["label_mode"] != label_mode:
-            raise AsdError(
-                f"{meta_file}: predictor learned label mode {meta['label_mode']!r}, expected {label_mode!r}"
-            )
+        check_description(meta_file, meta, features, label_mode)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -246,25 +231,30 @@ class QualityPredictor:
             raise AsdError(
                 f"{path}: weights do not match {meta_file.name} (interrupted save?); retrain"
             )
-        blob = torch.load(io.BytesIO(data), weights_only=True)
+        return cls.from_state(meta_file, meta, torch.load(io.BytesIO(data), weights_only=True))
+
+    @classmethod
+    def from_state(
+        cls, where: str | Path, meta: dict[str, Any], tensors: dict[str, Any]
+    ) -> QualityPredictor:
+        """The predictor :meth:`state` described (``where`` names the file in errors)."""
         cfg = meta["config"]
         config = TrainConfig(**{**cfg, "hidden_sizes": tuple(cfg["hidden_sizes"])})
         hidden = None
         if meta["use_hidden"]:
             hidden = HiddenPCA(
-                means=tuple(t.numpy() for t in blob["hidden_means"]),
-                components=tuple(t.numpy() for t in blob["hidden_components"]),
+                means=tuple(t.numpy() for t in tensors["hidden_means"]),
+                components=tuple(t.numpy() for t in tensors["hidden_components"]),
             )
         feats = FeatureSet(
             n_stages=int(meta["n_stages"]), use_hidden=bool(meta["use_hidden"]), hidden=hidden
         )
-        _check_features(meta_file, meta, feats)  # this code's names for the saved layout
-        n_stages = feats.n_stages
+        _check_features(Path(where), meta, feats)  # this code's names for the saved layout
 
         def rebuild(key: str, n_features: int) -> Ensemble:
             members = []
-            for state in blob[key]:
-                member = StageMLP(n_features, n_stages, config.hidden_sizes, config.dropout)
+            for state in tensors[key]:
+                member = StageMLP(n_features, feats.n_stages, config.hidden_sizes, config.dropout)
                 member.load_state_dict(state)
                 members.append(member.eval())
             calib = Calibration(
@@ -289,6 +279,30 @@ class QualityPredictor:
             output_model=rebuild("output", feats.n_features),
             input_model=rebuild("input", len(feats.input_names)),
             info=dict(meta.get("info", {})),
+        )
+
+
+def check_description(
+    where: str | Path,
+    meta: dict[str, Any],
+    features: FeatureSet | None = None,
+    label_mode: str | None = None,
+) -> None:
+    """One-line refusal of a predictor description of another format, features or label."""
+    where = Path(where)
+    expected_keys = {"feature_names", "feature_version", "config", "calibration", "label_mode"}
+    if not expected_keys <= meta.keys():
+        missing = sorted(expected_keys - meta.keys())[0]
+        raise AsdError(f"{where}: not a predictor description (no field '{missing}')")
+    if meta.get("format") != FILE_FORMAT:
+        raise AsdError(
+            f"{where}: predictor file format {meta.get('format')}, this code reads {FILE_FORMAT}"
+        )
+    if features is not None:
+        _check_features(where, meta, features)
+    if label_mode is not None and meta["label_mode"] != label_mode:
+        raise AsdError(
+            f"{where}: predictor learned label mode {meta['label_mode']!r}, expected {label_mode!r}"
         )
 
 

@@ -9,9 +9,10 @@ runtime and weights, so a draft equal to the stage's own output is accepted whol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -22,6 +23,10 @@ StopReason = Literal["eos", "stop", "length"]
 # first mismatch (``Backend.score(until_mismatch=True)``; replay costs it the same way)
 VERIFY_BLOCK = 32
 TokenIds = Sequence[int]
+# called by a runtime that supports it after each token it writes, with the sequence's index in
+# the call and its output so far (a resumed prefix included); returning False ends that sequence
+# early (its caller has gone). What a server streams and cancels through (:func:`listening`).
+TokenListener = Callable[[int, Sequence[int]], bool]
 
 
 @dataclass(frozen=True)
@@ -183,3 +188,20 @@ class Backend(Protocol):
     def close(self) -> None:
         """Free the model (and engine processes, if any)."""
         ...
+
+
+@contextmanager
+def listening(backend: Any, listener: TokenListener | None) -> Iterator[bool]:
+    """Attach ``listener`` to ``backend`` for the calls inside the block.
+
+    Yields whether the backend reports tokens as it writes them (one with a ``listener``
+    attribute); one that does not simply returns its outputs when done.
+    """
+    if listener is None or not hasattr(backend, "listener"):
+        yield False
+        return
+    backend.listener = listener
+    try:
+        yield True
+    finally:
+        backend.listener = None

@@ -40,6 +40,7 @@ from asd_core.models.base import (
     Scoring,
     StageInfo,
     TokenIds,
+    TokenListener,
 )
 from asd_core.models.common import (
     check_prompts,
@@ -58,14 +59,22 @@ Clock = Callable[[], float]
 
 
 class _StepClock(LogitsProcessor):
-    """Records the time each decoding step's logits arrive (the first one ends prefill)."""
+    """Records the time each decoding step's logits arrive (the first one ends prefill), and
+    reports each row's tokens so far to a listener (``models.base.listening``)."""
 
-    def __init__(self, clock: Clock):
+    def __init__(
+        self, clock: Clock, width: int = 0, report: Callable[[int, list[int]], Any] | None = None
+    ):
         self.clock = clock
         self.stamps: list[float] = []
+        self.width = width  # padded prompt width: what follows it was generated
+        self.report = report
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self.stamps.append(self.clock())
+        if self.report is not None and input_ids.shape[1] > self.width:
+            for b, row in enumerate(input_ids[:, self.width :].tolist()):
+                self.report(b, row)
         return scores
 
 
@@ -121,6 +130,7 @@ class TransformersBackend:
         self.tokenizer = tokenizer
         self.cache_kw = cache_keyword(self.model)
         self._kv: tuple[list[int], Any] | None = None  # (tokens, cache) of the last score pass
+        self.listener: TokenListener | None = None  # see asd_core.models.base.listening
         gen_cfg = getattr(self.model, "generation_config", None)
         self.eos = eos_ids(tokenizer.eos_token_id, getattr(gen_cfg, "eos_token_id", None))
         self.pad_id = (
@@ -145,8 +155,28 @@ class TransformersBackend:
         check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
         return self._generate(prompts, params)
 
+    def _reporter(
+        self, stream: tuple[int, list[int]] | None
+    ) -> Callable[[int, list[int]], Any] | None:
+        """What the step clock calls with each row's new tokens: the listener, with the row's
+        index in the caller's batch (``stream``: offset, resumed prefix), cut at EOS."""
+        listener = self.listener
+        if listener is None:
+            return None
+        offset, lead = stream if stream is not None else (0, [])
+
+        def report(row: int, new: list[int]) -> None:
+            cut = next((i + 1 for i, t in enumerate(new) if t in self.eos), len(new))
+            listener(offset + row, lead + new[:cut])  # generate cannot drop one row: go on
+
+        return report
+
     def _generate(
-        self, prompts: Sequence[TokenIds], params: GenerationParams, cache: Any = None
+        self,
+        prompts: Sequence[TokenIds],
+        params: GenerationParams,
+        cache: Any = None,
+        stream: tuple[int, list[int]] | None = None,
     ) -> list[Generation]:
         """``model.generate`` on a left-padded batch; ``cache`` holds all but each last token.
 
@@ -160,7 +190,7 @@ class TransformersBackend:
         for i, p in enumerate(prompts):  # left padding keeps every row's last token aligned
             ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
             mask[i, width - len(p) :] = 1
-        step_clock = _StepClock(self.clock)
+        step_clock = _StepClock(self.clock, width, self._reporter(stream))
         kwargs: dict[str, Any] = {}
         if params.stop_strings:
             kwargs |= {"stop_strings": list(params.stop_strings), "tokenizer": self.tokenizer}
@@ -239,15 +269,16 @@ class TransformersBackend:
             )
         check_prompts(prompts, self.stage.context_length, params.max_new_tokens, self.stage.name)
         return [
-            self._resume_one(list(p), pre, params) for p, pre in zip(prompts, prefixes, strict=True)
+            self._resume_one(list(p), pre, params, i)
+            for i, (p, pre) in enumerate(zip(prompts, prefixes, strict=True))
         ]
 
     def _resume_one(
-        self, prompt: list[int], prefix: Prefix, params: GenerationParams
+        self, prompt: list[int], prefix: Prefix, params: GenerationParams, index: int = 0
     ) -> Generation:
         ids = [int(t) for t in prefix.token_ids]
         if not ids:
-            return self._generate([prompt], params)[0]
+            return self._generate([prompt], params, stream=(index, []))[0]
         start = self.clock()
         done = finished_prefix(prefix, self.eos, params, self._decode)
         if done is not None:
@@ -275,7 +306,7 @@ class TransformersBackend:
         primed = self.clock()
         budget = params.max_new_tokens - len(ids)
         sub = GenerationParams(budget, params.stop_strings, params.top_k, params.ignore_eos)
-        new = self._generate([head + ids[-1:]], sub, cache)[0]
+        new = self._generate([head + ids[-1:]], sub, cache, stream=(index, ids))[0]
         tokens, reason = cut_output(
             ids + new.token_ids,
             self.eos,

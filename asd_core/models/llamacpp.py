@@ -59,6 +59,7 @@ from asd_core.models.base import (
     StageInfo,
     StopReason,
     TokenIds,
+    TokenListener,
 )
 from asd_core.models.common import (
     check_prompts,
@@ -72,14 +73,14 @@ from asd_core.models.common import (
     token_stats,
 )
 from asd_core.models.llamacpp_load import load_llama
-from asd_core.models.llamacpp_slots import RowsFn, Slots, SlotSequence
+from asd_core.models.llamacpp_score import ScoreReader
+from asd_core.models.llamacpp_slots import RowsFn, Slots, SlotSequence, common_prefix
 from asd_core.models.registry import register, resolve
 
 Clock = Callable[[], float]
 
 # fixed: greedy decoding never samples, but any llama.cpp sampler state stays reproducible
 _SEED = 1234
-_SCORE_BLOCK = 32  # rows of logits reduced at once in score(): bounds temporaries to 32 x V floats
 _N_BATCH = 512  # tokens per llama_decode call (llama.cpp's default)
 
 
@@ -146,6 +147,7 @@ class LlamaCppBackend:
             ) from None
 
         self.max_batch = stage.max_batch
+        self.listener: TokenListener | None = None  # see asd_core.models.base.listening
         cp = llama_cpp.llama_context_default_params()
         # a slot per sequence, each of the full context length. A shared (unified) buffer
         # decoded 8 sequences faster (Qwen-Coder-0.5B: 56 against 44 tok/s), but a sequence's
@@ -272,7 +274,7 @@ class LlamaCppBackend:
                 want_from=last,
                 step_from=step_from,
                 reuse=bool(pre),
-                on_rows=self._writer_rows(w),
+                on_rows=self._writer_rows(w, i),
             )
             seqs.append(seq)
             writers.append((i, w, seq))
@@ -290,8 +292,8 @@ class LlamaCppBackend:
             out[i] = self._generation(w, seq)
         return [g for g in out if g is not None]
 
-    def _writer_rows(self, w: _Writer) -> RowsFn:
-        """The logits reader of one generating sequence: choose, record, stop or go on."""
+    def _writer_rows(self, w: _Writer, index: int) -> RowsFn:
+        """The logits reader of sequence ``index`` of a call: choose, record, stop or go on."""
         params, n_max = w.params, w.params.max_new_tokens
 
         def on_rows(seq: SlotSequence, index: int, rows: np.ndarray, ith: int) -> None:
@@ -310,7 +312,10 @@ class LlamaCppBackend:
             if w.hidden is not None:
                 w.hidden += self.slots.hidden_at(ith + len(rows) - 1)
             w.tokens.append(tok)
-            if tok in self.eos and not params.ignore_eos:
+            listener = self.listener
+            if listener is not None and not listener(index, w.tokens):
+                w.reason, seq.done = "stop", True  # its caller has gone: free the slot
+            elif tok in self.eos and not params.ignore_eos:
                 w.reason, seq.done = "eos", True
             elif params.stop_strings and hit_stop_string(
                 self._decode_text(w.tokens), params.stop_strings
@@ -383,7 +388,7 @@ class LlamaCppBackend:
         readers, seqs = [], []
         for p, c in zip(prompts, continuations, strict=True):
             prompt, cont = [int(t) for t in p], [int(t) for t in c]
-            reader = _ScoreReader(len(prompt), cont, k, self.eos if until_mismatch else None)
+            reader = ScoreReader(len(prompt), cont, k, self.eos if until_mismatch else None)
             exact = self.stage.exact_scoring
             seqs.append(
                 SlotSequence(
@@ -426,67 +431,39 @@ class LlamaCppBackend:
         """Tokens decoded since load (what prompt reuse saves shows here)."""
         return self.slots.tokens_fed
 
+    # -- key/value memory (what a server's cache manager reads and frees) ----------------------
+    def kv_usage(self) -> tuple[int, int, int]:
+        """(tokens held in the slots, bytes one token's keys and values take, slot capacity).
+
+        Bytes assume llama.cpp's default 16-bit cache: layers × KV heads × head size × 2 × 2.
+        """
+        model = self.llm._model.model
+        heads = llama_cpp.llama_model_n_head(model)
+        head_dim = self.n_embd // max(heads, 1)
+        per_token = (
+            2
+            * 2
+            * llama_cpp.llama_model_n_layer(model)
+            * (llama_cpp.llama_model_n_head_kv(model) * head_dim)
+        )
+        held = sum(len(c) for c in self.slots.cached)
+        return held, per_token, self.max_batch * self.stage.context_length
+
+    def release(self, prompt_ids: Sequence[int]) -> int:
+        """Empty the slots that hold ``prompt_ids`` (its request is done); tokens freed."""
+        self.slots.check_open()
+        prompt = [int(t) for t in prompt_ids]
+        freed = 0
+        for slot, cached in enumerate(self.slots.cached):
+            if cached and common_prefix(cached, prompt) >= len(prompt):
+                llama_cpp.llama_memory_seq_rm(self.slots.mem, slot, 0, -1)
+                freed += len(cached)
+                self.slots.cached[slot] = []
+        return freed
+
     def close(self) -> None:
         """Free the batch, the context and the weights; safe to call twice."""
         self.slots.close()
         if self.llm is not None:
             self.llm.close()
             self.llm = None
-
-
-class _ScoreReader:
-    """Reduces one scored sequence's logits rows to argmax, given-token log-probs and stats."""
-
-    def __init__(self, n_prompt: int, cont: list[int], k: int, stop_eos: frozenset[int] | None):
-        m = len(cont)
-        self.n_prompt, self.m, self.k = n_prompt, m, k
-        self.stop_eos = stop_eos  # set: stop at the first disagreement (any two EOS agree)
-        self.n_rows = 0  # rows read so far
-        self.targets = np.asarray(cont, dtype=np.int64)
-        self.argmax = np.zeros(m + 1, np.int64)  # row r predicts cont[r]; row m: what comes next
-        self.given = np.zeros(m, np.float32)
-        self.top_ids = np.zeros((m + 1, k), np.int64) if k else None
-        self.top_lp = np.zeros((m + 1, k), np.float32) if k else None
-        self.ent = np.zeros(m + 1, np.float32) if k else None
-
-    def __call__(self, seq: SlotSequence, index: int, rows: np.ndarray, ith: int) -> None:
-        for b0 in range(0, rows.shape[0], _SCORE_BLOCK):
-            x = rows[b0 : b0 + _SCORE_BLOCK]
-            r = index + b0 - (self.n_prompt - 1)  # index among the m + 1 output rows
-            self.argmax[r : r + len(x)] = x.argmax(axis=1)
-            if self.top_ids is not None and self.top_lp is not None and self.ent is not None:
-                _, ti, tl, e = token_stats(x, self.argmax[r : r + len(x)], self.k)
-                self.top_ids[r : r + len(x)], self.top_lp[r : r + len(x)] = ti, tl
-                self.ent[r : r + len(x)] = e
-            live = min(len(x), self.m - r)  # rows that have a given next token
-            if live > 0:
-                x = x[:live]
-                top = x.max(axis=1, keepdims=True)
-                log_z = top[:, 0] + np.log(np.exp(x - top).sum(axis=1))
-                self.given[r : r + live] = x[np.arange(live), self.targets[r : r + live]] - log_z
-        self.n_rows = index + rows.shape[0] - (self.n_prompt - 1)
-        if self.stop_eos is not None:
-            lo = self.n_rows - rows.shape[0]
-            hi = min(self.n_rows, self.m)
-            got, want = self.argmax[lo:hi], self.targets[lo:hi]
-            eos = self.stop_eos
-            if any(a != t and not (a in eos and t in eos) for a, t in zip(got, want, strict=True)):
-                seq.done = True
-
-    def result(self, seconds: float) -> Scoring:
-        m, n = self.m, self.n_rows
-        if n < m + 1:  # stopped early: the rows never computed
-            self.argmax[n:] = -1
-            self.given[n:] = np.nan
-            for stat in (self.top_ids, self.top_lp, self.ent):
-                if stat is not None:
-                    stat[n:] = -1 if stat.dtype.kind == "i" else np.nan
-        return Scoring(
-            self.argmax[:m],
-            self.given,
-            int(self.argmax[m]),
-            seconds,
-            self.top_ids,
-            self.top_lp,
-            self.ent,
-        )

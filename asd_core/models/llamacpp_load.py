@@ -35,7 +35,7 @@ def extra_buffers_allowed(cpuinfo: str | None = None) -> bool:
 
 
 @contextmanager
-def _model_params(extra_buffers: bool) -> Iterator[None]:
+def weight_buffers(extra_buffers: bool) -> Iterator[None]:
     """The wrapper's ``Llama`` builds its model parameters from llama.cpp's defaults and exposes
     no ``use_extra_bufts``: set it on those defaults while the model loads."""
     original = llama_lib.llama_model_default_params
@@ -54,7 +54,7 @@ def _model_params(extra_buffers: bool) -> Iterator[None]:
 
 def load_llama(weights: str, **kwargs: Any) -> Any:
     """``llama_cpp.Llama`` on a local GGUF file or a hub ``repo:file.gguf``."""
-    with _model_params(extra_buffers_allowed()):
+    with weight_buffers(extra_buffers_allowed()):
         if Path(weights).is_file():
             return llama_cpp.Llama(weights, **kwargs)
         repo, filename = weights.split(":", 1)

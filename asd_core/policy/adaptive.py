@@ -18,27 +18,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 
+from asd_core.decoding.pipeline import request_prompt_ids
 from asd_core.decoding.protocol import Move, PathLike, RequestLike, view_of
 from asd_core.ground import belief, stopping
 from asd_core.ground.errors import AsdError
 from asd_core.learning.features import StageView
 from asd_core.learning.predictor import QualityPredictor
-from asd_core.models.common import chat_prompt_ids
 from asd_core.policy.fitting import PolicyModel, Predictions, adjusted
-
-# -- measured costs ------------------------------------------------------------------------------
-
-
-# -- costs from the fitted cost model ------------------------------------------------------------
-
-
-# -- per-input costs (cost_mode: per_input) ------------------------------------------------------
-
-
-# -- predictions and beliefs --------------------------------------------------------------------
-
-
-# -- fitting the policy --------------------------------------------------------------------------
 
 
 # -- observers: where a policy's predictions come from ------------------------------------------
@@ -71,7 +57,7 @@ class LiveObserver:
     def head(self, requests: Sequence[RequestLike]) -> np.ndarray:
         rows = []
         for r in requests:
-            ids = chat_prompt_ids(self.entry_tokenizer, r.text)
+            ids = request_prompt_ids(self.entry_tokenizer, r)
             self.n_in[r.item_id] = len(ids)
             rows.append(self.predictor.predict_entry(ids, r.task)[0])
         return np.asarray(rows, dtype=float).reshape(len(requests), -1)
@@ -93,6 +79,10 @@ class LiveObserver:
         known = {r.stage: float(r.generation.n_out) for r in path.runs}
         item = path.request.item_id
         return float(self.n_in.get(item, len(path.runs[0].prompt_ids))), known
+
+    def forget(self, item_id: str) -> None:
+        """Drop what was kept about a finished input (a server sees endless new ones)."""
+        self.n_in.pop(item_id, None)
 
 
 class CachedObserver:

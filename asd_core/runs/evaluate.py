@@ -116,7 +116,7 @@ def evaluate(
     settings: EvalSettings,
     n_stages: int,
     progress: bool = True,
-    predictors: Mapping[tuple[int | None, int], QualityPredictor] | None = None,
+    predictors: Mapping[tuple[int, int], QualityPredictor] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The tidy results table and side information (λ grid, costs, missing budgets).
 

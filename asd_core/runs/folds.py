@@ -219,19 +219,13 @@ def predictors_manifest(
                 str(f): {p: _items_digest(parts[p]) for p in ("train", "calibration")}
                 for f, parts in enumerate(frames)
             },
-            "split": {p: _items_digest(part) for p, part in split_frames(generations).items()},
         },
     }
 
 
-def split_frames(generations: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The fixed ``train`` and ``calibration`` splits: what the online check's predictor learns."""
-    return {p: generations[generations["split"] == p] for p in ("train", "calibration")}
-
-
-def predictor_file(folder: Path, fold: int | None, seed: int) -> Path:
-    """Fold ``fold``'s predictor for ``seed``; ``fold`` None: the fixed split's (online check)."""
-    return folder / (f"split-seed{seed}.pt" if fold is None else f"fold{fold}-seed{seed}.pt")
+def predictor_file(folder: Path, fold: int, seed: int) -> Path:
+    """Fold ``fold``'s predictor for ``seed``."""
+    return folder / f"fold{fold}-seed{seed}.pt"
 
 
 def train_fold_predictors(
@@ -241,9 +235,8 @@ def train_fold_predictors(
     folder: str | os.PathLike[str],
     progress: bool = True,
 ) -> Path:
-    """Train and save the predictor of every fold × seed, and the fixed split's for the first
-    seed (the online check's), then the manifest (written last, so a killed run leaves no
-    manifest and the next one trains again)."""
+    """Train and save the predictor of every fold × seed, then the manifest (written last, so
+    a killed run leaves no manifest and the next one trains again)."""
     folder = Path(folder)
     (folder / MANIFEST).unlink(missing_ok=True)
     frames = fold_frames(generations, settings.folds)
@@ -252,9 +245,6 @@ def train_fold_predictors(
     for f, seed in tqdm(work, desc="fold predictors (fold × seed)", disable=not progress):
         fold_predictor(frames[f], settings, K, seed).save(predictor_file(folder, f, seed))
         done.update()
-    first = settings.seeds[0]
-    split = fold_predictor(split_frames(generations), settings, K, first)
-    split.save(predictor_file(folder, None, first))
     manifest = predictors_manifest(generations, settings, K)
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return folder
@@ -262,9 +252,9 @@ def train_fold_predictors(
 
 def load_fold_predictors(
     folder: str | os.PathLike[str], generations: pd.DataFrame, settings: EvalSettings, K: int
-) -> dict[tuple[int | None, int], QualityPredictor]:
-    """The fold predictors notebook 03 saved, and the fixed split's under fold None; refuses (one line naming the key) a folder made
-    for other stages, features, folds, seeds, labels, training settings or items."""
+) -> dict[tuple[int, int], QualityPredictor]:
+    """The fold predictors notebook 03 saved, by (fold, seed); refuses (one line naming the key)
+    a folder made for other stages, features, folds, seeds, labels, training settings or items."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -279,10 +269,7 @@ def load_fold_predictors(
                 "run notebook 03 again"
             )
     features = FeatureSet(K)
-    keys: list[tuple[int | None, int]] = [
-        (f, seed) for f in range(settings.folds) for seed in settings.seeds
-    ]
-    keys.append((None, settings.seeds[0]))
+    keys = [(f, seed) for f in range(settings.folds) for seed in settings.seeds]
     return {
         key: QualityPredictor.load(predictor_file(folder, *key), features, settings.label_mode)
         for key in keys
