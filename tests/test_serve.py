@@ -393,7 +393,7 @@ def test_the_demo_on_the_cpu_hierarchy_through_the_openai_client() -> None:
     must end no deeper on average than a large one, and strictly shallower somewhere."""
     from asd_core.serve import demo
 
-    if not (REPO / "reports/runs/cpu/policy/policy.pt").is_file():
+    if not (REPO / "reports/policy/policy.pt").is_file():
         pytest.skip("no cpu policy file (notebook 03 on the cpu profile writes it)")
     proc, url = demo.start_server("params/serving.yaml")
     try:
