@@ -133,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         code = stop_server(proc)
     print(show(rows))
-    log.info("server stopped (exit %d)", code)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly
+    log.info("server stopped%s", "" if code in (0, -signal.SIGTERM) else f" (exit {code})")
 
 
 if __name__ == "__main__":
