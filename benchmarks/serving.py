@@ -131,7 +131,7 @@ def summarise(name: str, df: pd.DataFrame, wall_s: float, skipped: int, items: d
         "not_sent": skipped,
         "wall_s": wall_s,
         "requests_per_s": len(df) / wall_s,
-        "tokens_per_s": df["completion_tokens"].sum() / wall_s,
+        "tokens_per_s": float(df["completion_tokens"].sum()) / wall_s,
         "p50_s": float(df["latency_s"].quantile(0.5)),
         "p99_s": float(df["latency_s"].quantile(0.99)),
         "depths": "; ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items())),
