@@ -356,11 +356,14 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(
         result: dict = {}
         sender = threading.Thread(
             target=lambda: result.update(
-                r=chat(url, "A long answer please.", depth=2, max_tokens=48)
+                r=chat(url, "A long answer please.", depth=2, max_tokens=64)
             )
         )
         sender.start()
-        time.sleep(0.5)  # in flight
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/health").json()["in_flight"] == 0:  # wait until it is in flight
+            assert time.monotonic() < deadline and sender.is_alive(), "the request never arrived"
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         sender.join(timeout=120)
         assert result["r"].status_code == 200
