@@ -8,6 +8,7 @@ server that returned another stage's text, or mixed up requests in a batch, fail
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -330,6 +331,61 @@ def test_live_costs_move_the_tables_when_a_stage_slows_down(policy_file: Path) -
     np.testing.assert_allclose(moved.costs.scratch[2], model.costs.scratch[2])
     with pytest.raises(AsdError, match="cost factors"):
         live_costs.rescaled(model, np.array([1.0, -1.0, 1.0]))
+
+
+def test_a_stage_that_slows_down_under_load_moves_the_tables(
+    engine: Engine, policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a λ where cost is everything, requests enter at the cheapest stage. Once that stage
+    runs far slower than its fit, concurrent requests' latencies move the live costs, the
+    tables are solved again (the metric counts it) and later requests enter elsewhere; a server
+    that never re-solved, or solved with the old costs, keeps sending them to the slow stage."""
+    live_engine = Engine(
+        settings_for(policy_file, tmp_path, cost_ema_rate=0.5, max_wait_ms=50.0),
+        backends=engine.backends,
+        policy=engine.policy,
+    )
+    engine_stop = live_engine.stop
+    live_engine.stop = lambda close=True: engine_stop(close=False)  # type: ignore[method-assign]
+    cheap = {"lambda": 1e-4, "max_tokens": 8}
+
+    def burst(url: str) -> list[dict]:
+        with httpx.Client(timeout=120) as client:
+            body = {"model": "asd", **cheap}
+            out: list[dict] = [{}] * len(PROMPTS)
+
+            def send(i: int) -> None:
+                msgs = [{"role": "user", "content": PROMPTS[i]}]
+                r = client.post(f"{url}/v1/chat/completions", json={**body, "messages": msgs})
+                out[i] = r.json()["asd"]
+
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(len(PROMPTS))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        return out
+
+    def resolves(url: str) -> float:
+        line = next(ln for ln in httpx.get(f"{url}/metrics").text.splitlines()
+                    if ln.startswith("asd_policy_resolves_total "))  # fmt: skip
+        return float(line.split()[-1])
+
+    with LiveServer(live_engine) as live:
+        before = burst(live.url)
+        assert all(e["path"][0] == "tiny0" for e in before), before
+        solved = resolves(live.url)
+        real_clock, reads = engine.backends[0].clock, itertools.count()
+        # the stage's own clock now gains half a second at every reading: every run it times
+        # (what the server observes) takes seconds instead of milliseconds
+        monkeypatch.setattr(engine.backends[0], "clock", lambda: real_clock() + 0.5 * next(reads))
+        during = burst(live.url)  # enters at tiny0 once more, and measures how slow it has become
+        assert any(e["path"][0] == "tiny0" for e in during)
+        after = burst(live.url)
+        assert resolves(live.url) > solved
+        assert all(e["path"][0] != "tiny0" for e in after), after
+        factors = live_engine.tracker.relative()
+        assert factors[0] > 5 * factors[1], factors
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits(

@@ -13,6 +13,7 @@ one class-scoped engine that is closed before the next class starts one (which a
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 from asd_core.ground import config
 from asd_core.ground.config import StageConfig
 from asd_core.models import vllm_backend as vb
-from asd_core.models.base import GenerationParams
+from asd_core.models.base import GenerationParams, Prefix, listening
 from asd_core.models.common import chat_prompt_ids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -320,6 +321,40 @@ class _EngineTests:
         assert all(g <= self.tie_nats for g in gaps), gaps
         same = sum(a.token_ids == b.token_ids for a, b in zip(greedy, ref, strict=True))
         print(f"[{self.source}] {same}/{len(prompts)} outputs identical to transformers")
+
+    def test_a_listener_hears_each_sequence_grow_and_can_stop_one(
+        self, backend, prompts, greedy
+    ) -> None:
+        """What a server streams: growing prefixes of the same greedy outputs, in the caller's
+        order; refusing sequence 0 after 3 tokens stops it there and leaves the others alone."""
+        heard: dict[int, list[list[int]]] = {}
+
+        def listener(i: int, tokens) -> bool:
+            heard.setdefault(i, []).append(list(tokens))
+            return not (i == 0 and len(tokens) >= 3)
+
+        params = GenerationParams(max_new_tokens=48, top_k=5)
+        with listening(backend, listener) as live:
+            assert live
+            out = backend.generate(prompts, params)
+        assert backend.listener is None
+        assert 3 <= out[0].n_out < greedy[0].n_out
+        assert out[0].token_ids == greedy[0].token_ids[: out[0].n_out]
+        for i in range(1, len(prompts)):
+            assert out[i].token_ids == greedy[i].token_ids
+            steps = heard[i]
+            assert steps[-1] == greedy[i].token_ids and len(steps) > 1
+            assert all(a == b[: len(a)] and len(a) < len(b) for a, b in itertools.pairwise(steps))
+        # continuing a prefix: the listener hears the prefix first, then the new tokens
+        g = greedy[1]
+        pre = Prefix(
+            g.token_ids[:5], g.logprobs[:5], g.top_ids[:5], g.top_logprobs[:5], g.entropy[:5]
+        )
+        calls: list[list[int]] = []
+        with listening(backend, lambda i, t: calls.append(list(t)) is None):
+            (resumed,) = backend.resume([prompts[1]], [pre], params)
+        assert resumed.token_ids == greedy[1].token_ids
+        assert calls[0][:5] == pre.token_ids and calls[-1] == greedy[1].token_ids
 
     def test_rejects_hidden_states_and_long_prompts(self, backend, prompts) -> None:
         from asd_core.ground.errors import AsdError

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 
 from asd_core.ground.errors import AsdError
-from asd_core.models.base import Generation, GenerationParams, Prefix, StopReason, TokenIds
+from asd_core.models.base import (
+    Generation,
+    GenerationParams,
+    Prefix,
+    StopReason,
+    TokenIds,
+    TokenListener,
+)
 
 
 def token_stats(logits: np.ndarray, chosen: np.ndarray, top_k: int) -> tuple[np.ndarray, ...]:
@@ -249,6 +256,18 @@ def finished_prefix(
     return None
 
 
+def _after_prefixes(
+    listener: TokenListener, index: Sequence[int], prefixes: Sequence[Sequence[int]]
+) -> TokenListener:
+    """``listener`` for a call on a subset of sequences that continue ``prefixes``: sequence
+    ``j`` of the call is the caller's ``index[j]``, and its output so far starts with its prefix."""
+
+    def heard(j: int, tokens: Sequence[int]) -> bool:
+        return listener(index[j], [*prefixes[j], *tokens])
+
+    return heard
+
+
 def resume_by_generating(
     backend: Any, prompts: Sequence[TokenIds], prefixes: Sequence[Prefix], params: GenerationParams
 ) -> list[Generation]:
@@ -273,9 +292,16 @@ def resume_by_generating(
     by_budget: dict[int, list[int]] = {}
     for i in todo:
         by_budget.setdefault(params.max_new_tokens - len(prefixes[i].token_ids), []).append(i)
+    listener = getattr(backend, "listener", None)
     for budget, idx in by_budget.items():
         sub = dataclasses.replace(params, max_new_tokens=budget)
-        gens = backend.generate([list(prompts[i]) + prefixes[i].token_ids for i in idx], sub)
+        if listener is not None:  # it hears the whole output: prefix first, in the caller's order
+            backend.listener = _after_prefixes(listener, idx, [prefixes[i].token_ids for i in idx])
+        try:
+            gens = backend.generate([list(prompts[i]) + prefixes[i].token_ids for i in idx], sub)
+        finally:
+            if listener is not None:
+                backend.listener = listener
         for i, g in zip(idx, gens, strict=True):
             pre = prefixes[i]
             joined = pre.token_ids + g.token_ids

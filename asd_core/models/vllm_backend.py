@@ -25,6 +25,7 @@ after :meth:`VllmBackend.close` of the first.
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ from asd_core.models.base import (
     Scoring,
     StageInfo,
     TokenIds,
+    TokenListener,
 )
 from asd_core.models.common import (
     check_prompts,
@@ -63,6 +65,7 @@ ENTROPY_TOP_N = 20
 CPU_KVCACHE_GIB = "3"
 GPU_MEMORY_UTILIZATION = 0.90  # share of each GPU for weights + KV cache (params/paper.yaml)
 GPUS_PER_NODE_ENV = "ASD_GPUS_PER_NODE"
+_STREAM_IDS = itertools.count()  # request ids of listened runs, unique in this process
 
 
 def engine_kwargs(
@@ -158,6 +161,7 @@ class VllmBackend:
         """Long because: engine arguments for CPU and GPU, each with its reason."""
         self.stage = stage
         self.clock = clock
+        self.listener: TokenListener | None = None  # see asd_core.models.base.listening
         start = clock()
         try:  # fail before resolve() converts any weights
             import vllm  # noqa: F401
@@ -237,7 +241,47 @@ class VllmBackend:
         from vllm.inputs import TokensPrompt
 
         batch = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        return list(self.llm.generate(batch, sampling, use_tqdm=False))
+        if self.listener is None:
+            return list(self.llm.generate(batch, sampling, use_tqdm=False))
+        return self._run_listened(batch, sampling, self.listener)
+
+    def _run_listened(
+        self, batch: Sequence[Any], sampling: Any, listener: TokenListener
+    ) -> list[Any]:
+        """What ``llm.generate`` returns, stepping the engine ourselves so that ``listener``
+        hears each sequence's tokens as they are written; a sequence it refuses is aborted
+        (its partial output is returned, like any other)."""
+        engine = self.llm.llm_engine
+        ids = [f"asd-stream-{next(_STREAM_IDS)}" for _ in batch]
+        index = {rid: i for i, rid in enumerate(ids)}
+        heard = dict.fromkeys(ids, 0)
+        done: dict[str, Any] = {}
+        for rid, prompt in zip(ids, batch, strict=True):
+            engine.add_request(rid, prompt, sampling)
+        try:
+            while len(done) < len(ids) and engine.has_unfinished_requests():
+                for out in engine.step():
+                    rid = out.request_id
+                    if rid not in index or rid in done:
+                        continue
+                    tokens = list(out.outputs[0].token_ids)
+                    if len(tokens) > heard[rid]:
+                        heard[rid] = len(tokens)
+                        if not listener(index[rid], tokens):
+                            engine.abort_request([rid])
+                            done[rid] = out
+                            continue
+                    if out.finished:
+                        done[rid] = out
+        except BaseException:
+            engine.abort_request([rid for rid in ids if rid not in done])
+            raise
+        missing = [rid for rid in ids if rid not in done]
+        if missing:
+            raise AsdError(
+                f"stage '{self.stage.name}': vLLM finished without {len(missing)} outputs"
+            )
+        return [done[rid] for rid in ids]
 
     def _decode(self, tokens: Sequence[int]) -> str:
         return decode_text(self.tokenizer, tokens)
