@@ -25,6 +25,7 @@ import pytest
 from asd_core.ground import config
 from asd_core.ground.config import StageConfig
 from asd_core.models import vllm_backend as vb
+from asd_core.models import vllm_outputs as vo
 from asd_core.models.base import GenerationParams, Prefix, listening
 from asd_core.models.common import chat_prompt_ids
 
@@ -85,7 +86,7 @@ def test_engine_kwargs_cpu() -> None:
         "tensor_parallel_size": 1,
         "max_model_len": 2048,
         "seed": 3,
-        "max_logprobs": vb.ENTROPY_TOP_N,
+        "max_logprobs": vo.ENTROPY_TOP_N,
         "disable_log_stats": False,
         "enforce_eager": True,
     }
@@ -117,7 +118,7 @@ def test_topk_entropy_is_exact_with_the_whole_vocabulary() -> None:
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 50)) * 3
     logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-    np.testing.assert_allclose(vb.topk_entropy(logp, 50), _entropy(logp), rtol=1e-5)
+    np.testing.assert_allclose(vo.topk_entropy(logp, 50), _entropy(logp), rtol=1e-5)
 
 
 def test_topk_entropy_lies_within_half_the_bracket() -> None:
@@ -126,7 +127,7 @@ def test_topk_entropy_lies_within_half_the_bracket() -> None:
     logits = rng.normal(size=(200, vocab)) * rng.uniform(0.5, 6, size=(200, 1))
     logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
     head = -np.sort(-logp, axis=1)[:, :top]
-    est = vb.topk_entropy(head, vocab)
+    est = vo.topk_entropy(head, vocab)
     tail = 1 - np.exp(head).sum(axis=1)
     half_bracket = tail * np.log(vocab - top) / 2
     assert (np.abs(est - _entropy(logp)) <= half_bracket + 1e-5).all()
@@ -137,12 +138,12 @@ def _lp(rank: int, logprob: float) -> SimpleNamespace:
 
 
 def test_step_stats_from_vllm_logprob_dicts() -> None:
-    n_top = vb.ENTROPY_TOP_N
+    n_top = vo.ENTROPY_TOP_N
     head = np.log(np.full(n_top, 0.9 / n_top))
     # step 0: the chosen token is the top one; step 1: the chosen token ranks below the top N
     step0 = {100 + r: _lp(r + 1, head[r]) for r in range(n_top)}
     step1 = {200 + r: _lp(r + 1, head[r]) for r in range(n_top)} | {7: _lp(50, -9.0)}
-    chosen, top_ids, top_lp, ent = vb._step_stats([step0, step1], [100, 7], 3, vocab_size=1000)
+    chosen, top_ids, top_lp, ent = vo.step_stats([step0, step1], [100, 7], 3, vocab_size=1000)
     np.testing.assert_allclose(chosen, [head[0], -9.0], rtol=1e-6)
     assert top_ids.tolist() == [[100, 101, 102], [200, 201, 202]]
     assert top_ids.dtype == np.int64 and top_lp.shape == (2, 3) and ent.shape == (2,)
@@ -152,12 +153,12 @@ def test_step_stats_from_vllm_logprob_dicts() -> None:
 
 def test_step_stats_put_the_chosen_token_first_on_a_tie() -> None:
     step = {5: _lp(1, -0.7), 9: _lp(1, -0.7), 3: _lp(3, -2.0)}
-    _, top_ids, top_lp, _ = vb._step_stats([step], [9], 3, vocab_size=100)
+    _, top_ids, top_lp, _ = vo.step_stats([step], [9], 3, vocab_size=100)
     assert top_ids.tolist() == [[9, 5, 3]] and top_lp[0, 0] == top_lp[0, 1]
 
 
 def test_step_stats_of_no_tokens() -> None:
-    chosen, top_ids, top_lp, ent = vb._step_stats([], [], 5, vocab_size=10)
+    chosen, top_ids, top_lp, ent = vo.step_stats([], [], 5, vocab_size=10)
     assert chosen.shape == (0,) and top_ids.shape == (0, 5) and ent.shape == (0,)
 
 
