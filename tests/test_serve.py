@@ -125,6 +125,12 @@ def chat(url: str, text: str, **extra: object) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
 
 
+def metric(body: str, name: str) -> float:
+    """The value of one sample line of a Prometheus text body (0 when absent)."""
+    line = next((ln for ln in body.splitlines() if ln.startswith(name + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
 def alone(engine: Engine, stage: int, text: str, max_tokens: int = 12) -> str:
     """What ``stage`` writes for the prompt on its own (the server's answer at that depth)."""
     backend = engine.backends[stage]
@@ -263,18 +269,14 @@ def test_metrics_count_requests_depths_latency_and_memory(server: LiveServer) ->
     text = httpx.get(f"{server.url}/metrics").text
     assert httpx.get(f"{server.url}/metrics").headers["content-type"].startswith("text/plain")
 
-    def value(body: str, name: str) -> float:
-        line = next((ln for ln in body.splitlines() if ln.startswith(name + " ")), None)
-        return float(line.split()[-1]) if line else 0.0
-
     served = 'asd_requests_total{endpoint="chat",status="200"}'
-    assert value(text, served) == value(before, served) + 1
-    assert value(text, "asd_depth_count") == value(before, "asd_depth_count") + 1
+    assert metric(text, served) == metric(before, served) + 1
+    assert metric(text, "asd_depth_count") == metric(before, "asd_depth_count") + 1
     assert 'asd_stage_latency_seconds_count{stage="tiny1"}' in text
     for name in ("asd_kv_cache_bytes", "asd_kv_cache_capacity_tokens", "asd_stage_cost",
                  "asd_stage_cost_factor", "asd_accepted_tokens_total", "asd_errors_total"):  # fmt: skip
         assert name in text, name
-    assert value(text, 'asd_stage_cost{stage="tiny2"}') == pytest.approx(1.0)
+    assert metric(text, 'asd_stage_cost{stage="tiny2"}') == pytest.approx(1.0)
 
 
 def test_a_client_that_goes_away_frees_its_request(server: LiveServer, engine: Engine) -> None:
@@ -367,9 +369,7 @@ def test_a_stage_that_slows_down_under_load_moves_the_tables(
         return out
 
     def resolves(url: str) -> float:
-        line = next(ln for ln in httpx.get(f"{url}/metrics").text.splitlines()
-                    if ln.startswith("asd_policy_resolves_total "))  # fmt: skip
-        return float(line.split()[-1])
+        return metric(httpx.get(f"{url}/metrics").text, "asd_policy_resolves_total")
 
     with LiveServer(live_engine) as live:
         before = burst(live.url)
@@ -407,7 +407,13 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(
                 url = line.strip().split(" on ")[-1]
                 break
         assert url, "no start line"
-        while httpx.get(f"{url}/health").status_code != 200:
+        up_by = time.monotonic() + 60
+        while True:  # the start line is logged just before uvicorn listens
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                assert time.monotonic() < up_by and proc.poll() is None, "the server never listened"
             time.sleep(0.1)
         result: dict = {}
         sender = threading.Thread(

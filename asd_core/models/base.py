@@ -192,7 +192,8 @@ class Backend(Protocol):
 
 @contextmanager
 def listening(backend: Any, listener: TokenListener | None) -> Iterator[bool]:
-    """Attach ``listener`` to ``backend`` for the calls inside the block.
+    """Attach ``listener`` to ``backend`` for the calls inside the block (blocks nest: the
+    listener before it is back afterwards).
 
     Yields whether the backend reports tokens as it writes them (one with a ``listener``
     attribute); one that does not simply returns its outputs when done.
@@ -200,8 +201,9 @@ def listening(backend: Any, listener: TokenListener | None) -> Iterator[bool]:
     if listener is None or not hasattr(backend, "listener"):
         yield False
         return
+    before = backend.listener
     backend.listener = listener
     try:
         yield True
     finally:
-        backend.listener = None
+        backend.listener = before

@@ -18,6 +18,7 @@ from asd_core.models.base import (
     StopReason,
     TokenIds,
     TokenListener,
+    listening,
 )
 
 
@@ -295,13 +296,10 @@ def resume_by_generating(
     listener = getattr(backend, "listener", None)
     for budget, idx in by_budget.items():
         sub = dataclasses.replace(params, max_new_tokens=budget)
-        if listener is not None:  # it hears the whole output: prefix first, in the caller's order
-            backend.listener = _after_prefixes(listener, idx, [prefixes[i].token_ids for i in idx])
-        try:
+        # the caller's listener hears the whole output: prefix first, in the caller's order
+        shifted = listener and _after_prefixes(listener, idx, [prefixes[i].token_ids for i in idx])
+        with listening(backend, shifted):
             gens = backend.generate([list(prompts[i]) + prefixes[i].token_ids for i in idx], sub)
-        finally:
-            if listener is not None:
-                backend.listener = listener
         for i, g in zip(idx, gens, strict=True):
             pre = prefixes[i]
             joined = pre.token_ids + g.token_ids
